@@ -13,3 +13,4 @@ mod export;
 
 pub use export::Export;
 pub use nbdx_proto as proto;
+pub mod server;

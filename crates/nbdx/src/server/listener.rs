@@ -1,0 +1,118 @@
+//! Accepting connections on TCP or Unix listeners.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+
+use super::Server;
+
+/// A bound listener the server accepts clients on.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix domain socket.
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Self::Tcp(l)
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(l: UnixListener) -> Self {
+        Self::Unix(l)
+    }
+}
+
+impl Listener {
+    /// Binds `addr`: `host:port` for TCP, anything containing `/` for a
+    /// Unix socket path.
+    pub async fn bind(addr: &str) -> io::Result<Self> {
+        if addr.contains('/') {
+            Ok(Self::Unix(UnixListener::bind(addr)?))
+        } else {
+            Ok(Self::Tcp(TcpListener::bind(addr).await?))
+        }
+    }
+}
+
+/// Accepts until shutdown; then waits for connections (bounded by the
+/// grace period).
+pub(super) async fn serve(server: Server, listener: Listener) -> io::Result<()> {
+    let inner = &server.inner;
+    let slots = Arc::new(Semaphore::new(inner.options.max_connections.max(1)));
+    loop {
+        let accepted = tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            a = accept(&listener) => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // Out of file descriptors and the like: back off a little
+                // instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let server2 = server.clone();
+        inner.tracker.spawn(async move {
+            let span = tracing::info_span!("conn", %peer);
+            let _g = span.enter();
+            tracing::debug!("connected");
+            drop(_g);
+            let r = match stream {
+                Accepted::Tcp(s) => server2.serve_connection(s).await,
+                Accepted::Unix(s) => server2.serve_connection(s).await,
+            };
+            let _g = span.enter();
+            match r {
+                Ok(()) => tracing::debug!("disconnected"),
+                Err(e) => tracing::info!(error = %e, "connection ended"),
+            }
+            drop(slot);
+        });
+    }
+    server.wait().await;
+    Ok(())
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Accepted, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, addr) = l.accept().await?;
+            // "both the client and server SHOULD disable Nagle's algorithm"
+            s.set_nodelay(true)?;
+            Ok((Accepted::Tcp(s), addr.to_string()))
+        }
+        Listener::Unix(l) => {
+            let (s, _) = l.accept().await?;
+            Ok((Accepted::Unix(s), "unix".to_owned()))
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+        || matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        )
+}

@@ -30,6 +30,39 @@ impl From<UnixListener> for Listener {
 }
 
 impl Listener {
+    /// Binds a TCP listener on `ip`, or on every address (IPv6 and IPv4,
+    /// dual-stack where the system allows) when `ip` is `None`.
+    pub fn bind_tcp(ip: Option<std::net::IpAddr>, port: u16) -> io::Result<Self> {
+        use socket2::{Domain, Socket, Type};
+        let any6 = std::net::SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port);
+        let any4 = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+        let open = |addr: std::net::SocketAddr| -> io::Result<Socket> {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            if addr.is_ipv6() && ip.is_none() {
+                socket.set_only_v6(false)?;
+            }
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(1024)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        };
+        let socket = match ip {
+            Some(ip) => open(std::net::SocketAddr::new(ip, port))?,
+            // Hosts without IPv6 fall back to IPv4 only.
+            None => open(any6).or_else(|_| open(any4))?,
+        };
+        Ok(Self::Tcp(TcpListener::from_std(socket.into())?))
+    }
+
+    /// The local TCP port, for listeners bound to port 0.
+    pub fn local_port(&self) -> Option<u16> {
+        match self {
+            Self::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+            Self::Unix(_) => None,
+        }
+    }
+
     /// Binds `addr`: `host:port` for TCP, anything containing `/` for a
     /// Unix socket path.
     pub async fn bind(addr: &str) -> io::Result<Self> {

@@ -1,0 +1,45 @@
+//! `nbdx`: serve block devices over NBD, inspect and copy exports, attach
+//! them to the Linux kernel. Protocol logic lives in the `nbdx` library; this
+//! binary only parses arguments, wires the library up and reports errors.
+
+mod serve;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Network Block Device toolkit.
+#[derive(Debug, Parser)]
+#[command(name = "nbdx", version, about, propagate_version = true, args_override_self = true)]
+struct Cli {
+    /// Log more (repeat for more detail). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a device (RAM disk, file, block device) over NBD.
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return util::usage_error(e),
+    };
+    util::init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nbdx: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

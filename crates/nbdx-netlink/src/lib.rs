@@ -49,8 +49,28 @@ mod error;
 pub mod message;
 pub mod nla;
 
+#[cfg(target_os = "linux")]
+mod ioctl;
+#[cfg(target_os = "linux")]
+mod monitor;
+#[cfg(target_os = "linux")]
+mod netlink;
+#[cfg(target_os = "linux")]
+mod request;
+#[cfg(target_os = "linux")]
+mod sysfs;
 
 pub use error::{Error, Result};
 pub use message::{DeviceStatus, GenlMessage};
 pub use nla::DecodeError;
 
+#[cfg(target_os = "linux")]
+pub use ioctl::{connect_ioctl, disconnect_ioctl, IoctlConnection, IoctlDevice};
+#[cfg(target_os = "linux")]
+pub use monitor::LinkDeadMonitor;
+#[cfg(target_os = "linux")]
+pub use netlink::NbdNetlink;
+#[cfg(target_os = "linux")]
+pub use request::{ClientFlags, ConnectRequest, ReconfigureRequest};
+#[cfg(target_os = "linux")]
+pub use sysfs::{backend, device_path, list_devices, parse_device, pid, size_bytes, wait_until_ready};

@@ -125,6 +125,9 @@ fn connecting_to_a_busy_index_fails_with_device_busy() {
     let err = connect_ioctl(&request(&second, Some(2))).unwrap_err();
     println!("ioctl connect: {err}");
     assert!(matches!(err, Error::DeviceBusy { index: 2, .. }), "{err:?}");
+    let err = IoctlDevice::open(2).unwrap().set_size(SIZE).unwrap_err();
+    println!("NBD_SET_SIZE on a netlink device: {err}");
+    assert_eq!(err.errno(), Some(libc::EINVAL), "{err:?}");
 
     nl.disconnect(index).unwrap();
     responder.join().unwrap();
@@ -148,6 +151,11 @@ fn reconfigure_after_the_server_closed_the_socket_keeps_io_working() {
     let dev = DirectDevice::open(index).unwrap();
     check_io(&dev, &disk, 0, 4);
     assert_eq!(monitor.try_next_event().unwrap(), None, "no link died yet");
+    let (spare, _spare_server) = UnixStream::pair().unwrap();
+    let mut offer = ReconfigureRequest::new(index, vec![spare.as_fd()]);
+    offer.backend = Some("nbdx-test:reconnect".into());
+    nl.reconfigure(&offer).unwrap(); // no dead socket to replace: the kernel drops it
+    check_io(&dev, &disk, 2 << 20, 6);
 
     let stats = first.kill().unwrap();
     println!("first responder killed after {stats:?}");
@@ -156,6 +164,11 @@ fn reconfigure_after_the_server_closed_the_socket_keeps_io_working() {
     assert_eq!(dead, Some(index));
     assert!(connected(&nl, index), "a device with dead sockets keeps its configuration");
 
+    // A read issued now waits for a live socket (dead-connection timeout).
+    let waiting = std::thread::spawn(move || -> std::io::Result<(DirectDevice, Vec<u8>)> {
+        let data = dev.read_at(0, CHUNK)?;
+        Ok((dev, data))
+    });
     let (client, server) = UnixStream::pair().unwrap();
     let second = Responder::spawn(server, disk.clone());
     let mut wrong = ReconfigureRequest::new(index, vec![client.as_fd()]);
@@ -168,7 +181,8 @@ fn reconfigure_after_the_server_closed_the_socket_keeps_io_working() {
     reconnect.backend = Some("nbdx-test:reconnect".into());
     nl.reconfigure(&reconnect).unwrap();
     drop(client);
-    assert_eq!(dev.read_at(0, CHUNK).unwrap(), pattern(CHUNK, 4), "data written before the reconnect");
+    let (dev, data) = waiting.join().unwrap().unwrap();
+    assert_eq!(data, pattern(CHUNK, 4), "a read issued while the link was dead, after the reconnect");
     check_io(&dev, &disk, 1 << 20, 5);
     drop(dev);
 
@@ -195,6 +209,40 @@ fn unknown_and_unused_devices_are_reported_as_such() {
     let err = nl.reconfigure(&ReconfigureRequest::new(unused, vec![])).unwrap_err();
     println!("RECONFIGURE of an unused device: {err}");
     assert!(matches!(err, Error::NotConnected { .. }), "{err:?}");
+
+    // Opening /dev/nbdN gives it a configuration: STATUS then says connected.
+    let open = std::fs::File::open(device_path(unused)).unwrap();
+    let while_open = nl.status(Some(unused)).unwrap();
+    println!("STATUS of unused nbd{unused} while it is open: {while_open:?}, pid {:?}", pid(unused).unwrap());
+    assert_eq!(while_open, vec![DeviceStatus { index: unused, connected: true }]);
+    assert_eq!(pid(unused).unwrap(), None, "an open but unconfigured device has no pid");
+    drop(open);
+    assert_eq!(nl.status(Some(unused)).unwrap(), vec![DeviceStatus { index: unused, connected: false }]);
+}
+
+#[test]
+fn two_sockets_with_multi_conn_serve_one_device() {
+    let Some(_kernel) = nbd_available() else { return };
+    let nl = NbdNetlink::open().unwrap();
+    let disk = Disk::new(SIZE as usize);
+    let (a, a_server) = UnixStream::pair().unwrap();
+    let (b, b_server) = UnixStream::pair().unwrap();
+    let responders = [Responder::spawn(a_server, disk.clone()), Responder::spawn(b_server, disk.clone())];
+    let mut req = request(&a, None);
+    req.sockets.push(b.as_fd());
+    req.server_flags |= TransmissionFlags::CAN_MULTI_CONN;
+    let index = nl.connect(&req).unwrap();
+    wait_until_ready(index, SIZE, READY).unwrap();
+    let dev = DirectDevice::open(index).unwrap();
+    for (i, offset) in [0, 1 << 20, 2 << 20, 3 << 20].into_iter().enumerate() {
+        check_io(&dev, &disk, offset, 10 + i as u32);
+    }
+    drop(dev);
+    nl.disconnect(index).unwrap();
+    for responder in responders {
+        println!("responder of a two-socket device: {:?}", responder.join().unwrap());
+    }
+    wait_for("the two-socket device to be free", READY, || !connected(&nl, index));
 }
 
 #[test]

@@ -213,3 +213,18 @@ fn resolve_error<T: std::fmt::Debug, P: std::fmt::Debug>(err: RouterError<T, P>)
         other => transport("CTRL_CMD_GETFAMILY", other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_and_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn handles_can_move_into_spawn_blocking() {
+        send_and_sync::<NbdNetlink>();
+        send_and_sync::<LinkDeadMonitor>();
+        send::<crate::IoctlConnection>();
+    }
+}

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from servers import Server
 import traceback
 
 CASES = []
@@ -54,8 +56,6 @@ class Context:
 
         With wait=False it returns as soon as the process is started.
         """
-        from servers import Server
-
         srv = Server(self.profile, self.workdir, list(exports), **kwargs)
         self.servers.append(srv)
         srv.start(wait=wait)

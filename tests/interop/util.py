@@ -31,10 +31,10 @@ def free_tcp_port():
         return s.getsockname()[1]
 
 
-def run(argv, timeout=120, check=True, input=None):
+def run(argv, timeout=120, check=True, input=None, env=None):
     """Runs a command; on failure (check) raises AssertionError with its output."""
     try:
-        res = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+        res = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"timed out after {timeout}s: {' '.join(argv)}") from exc
     if check and res.returncode != 0:

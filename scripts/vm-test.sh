@@ -57,7 +57,8 @@ skip() {
 fail() { say "FAIL: $*"; exit 1; }
 
 # ------------------------------------------------------------- selection --
-# Prints "package kind name" for each selected test target.
+# Prints "package kind name" for each selected test target, and "- all NAMES" with the
+# names of every test target.
 select_targets() {
     cargo metadata --no-deps --format-version 1 | "$PY" -c '
 import json, re, sys
@@ -75,7 +76,7 @@ for pkg in meta["packages"]:
         names.append(t["name"])
         if rx.search(t["name"]):
             print(pkg["name"], kind, t["name"])
-print("test targets:", " ".join(sorted(set(names))), file=sys.stderr)
+print("- all", " ".join(sorted(set(names))))
 ' "$VM_TESTS"
 }
 
@@ -194,8 +195,11 @@ main() {
 
     say "selecting test targets matching NBDX_VM_TESTS='$VM_TESTS'"
     selected=$(select_targets)
+    local all
+    all=$(sed -n 's/^- all //p' <<<"$selected")
+    selected=$(grep -v '^- all' <<<"$selected" || true)
     if [ -z "$selected" ]; then
-        skip "no kernel tests: no test target of the workspace matches NBDX_VM_TESTS='$VM_TESTS' (the targets are listed above)"
+        skip "no kernel tests: no test target matches NBDX_VM_TESTS='$VM_TESTS' (test targets: $all)"
     fi
     say "selected:"$'\n'"$selected"
 

@@ -30,7 +30,7 @@ except ImportError:
     sys.exit(2)
 
 from runner import run_cases, select  # noqa: E402
-from servers import PROFILES  # noqa: E402
+from profiles import PROFILES  # noqa: E402
 from util import qemu_version  # noqa: E402
 
 TOOLS = ["nbdinfo", "nbdcopy", "qemu-img", "qemu-io"]

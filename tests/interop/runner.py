@@ -139,7 +139,8 @@ def run_cases(profile, options, selected):
         started = time.monotonic()
         status, detail = "PASS", ""
         print(f"---- {name}", flush=True)
-        with Watchdog(ctx, name, fn.timeout * options.timeout_scale) as dog:
+        limit = round(fn.timeout * options.timeout_scale, 1)
+        with Watchdog(ctx, name, limit) as dog:
             try:
                 fn(ctx)
             except Skip as exc:
@@ -153,7 +154,7 @@ def run_cases(profile, options, selected):
                 problems = ctx.stop_servers()
         if dog.fired:
             status = "FAIL"
-            detail = f"timed out after {fn.timeout * options.timeout_scale}s\n{detail}"
+            detail = f"timed out after {limit}s\n{detail}"
         if problems and status != "FAIL":
             status, detail = "FAIL", ""
         if problems:

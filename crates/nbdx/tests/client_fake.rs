@@ -251,3 +251,29 @@ async fn a_server_that_never_answers_a_request_times_out_and_fails_all_requests(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_caller_that_gives_up_on_a_read_leaves_the_connection_usable() {
+    bounded(async {
+        let server = server(true, |mut tx| async move {
+            let (orphan, _) = tx.request().await.unwrap();
+            let (next, _) = tx.request().await.unwrap();
+            tx.read_reply(&orphan, &[1; 512]).await;
+            tx.read_reply(&next, &[2; 512]).await;
+            while tx.request().await.is_some() {}
+        });
+        let c = Client::connect(&server.target, &opts()).await.unwrap();
+        let task = {
+            let c = c.clone();
+            tokio::spawn(async move { read(&c, 0).await })
+        };
+        while c.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(read(&c, 512).await.unwrap(), vec![2; 512], "the orphaned reply is dropped, the next one delivered");
+        assert_eq!(c.in_flight(), 0);
+    })
+    .await;
+}

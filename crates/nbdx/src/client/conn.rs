@@ -178,6 +178,21 @@ impl Ticket {
     }
 }
 
+/// Takes a registered request back out of the table if its caller goes
+/// away before the request was written: it will never be answered.
+struct Unsent<'a> {
+    shared: &'a Shared,
+    cookie: Option<u64>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.cookie.and_then(|c| self.shared.take(c)) {
+            self.shared.complete(f, Err(ClientError::Closed));
+        }
+    }
+}
+
 /// Kills the connection if a write is abandoned half-way (the caller's
 /// future was dropped): the stream would otherwise be out of frame.
 struct WriteGuard<'a>(Option<&'a Shared>);
@@ -242,8 +257,10 @@ impl Conn {
         let contexts = if cmd == Cmd::BLOCK_STATUS { self.contexts.as_slice() } else { &[] };
         let reply = PendingReply::new(cmd, offset, length, flags, self.mode, contexts);
         let (cookie, rx) = self.shared.register(reply, buf)?;
+        let mut unsent = Unsent { shared: &self.shared, cookie: Some(cookie) };
         let header = RequestHeader { flags, cmd, cookie, offset, length };
         self.write(header_mode, header, payload).await?;
+        unsent.cookie = None;
         let deadline = self.request_timeout.map(|t| (Instant::now() + t, t));
         Ok(Ticket { rx, shared: self.shared.clone(), deadline })
     }

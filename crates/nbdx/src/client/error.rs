@@ -14,7 +14,8 @@ pub type ClientResult<T> = Result<T, ClientError>;
 
 /// A failed client call. Messages are one line, fit for a terminal.
 ///
-/// Only [`Server`](Self::Server) and [`InvalidRequest`](Self::InvalidRequest)
+/// A failed request ([`Server`](Self::Server)), a request refused before
+/// sending ([`InvalidRequest`](Self::InvalidRequest)) and refused options
 /// leave the connection usable; see [`is_fatal`](Self::is_fatal).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -94,9 +95,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether the connection is unusable after this error.
+    /// Whether the connection (or negotiation) is unusable after this
+    /// error. A failed request, a refused option or a call the server
+    /// cannot serve leave it usable.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, Self::Server { .. } | Self::InvalidRequest(_) | Self::Unsupported(_))
+        !matches!(
+            self,
+            Self::Server { .. }
+                | Self::InvalidRequest(_)
+                | Self::Unsupported(_)
+                | Self::ExportNotFound { .. }
+                | Self::Refused { .. }
+        )
     }
 
     /// For a per-request server error, its errno.

@@ -222,11 +222,7 @@ impl Negotiation {
     pub async fn info(&mut self, name: &str) -> ClientResult<ExportInfo> {
         let contexts = match self.list_meta_contexts(name, &[]).await {
             Ok(c) => c,
-            Err(e)
-                if !e.is_fatal() || matches!(e, ClientError::Refused { .. } | ClientError::ExportNotFound { .. }) =>
-            {
-                Vec::new()
-            }
+            Err(e) if !e.is_fatal() => Vec::new(),
             Err(e) => return Err(e),
         };
         let replies = self.run(OptRequest::Info(info_request(name)), name).await.map_err(|e| match e {

@@ -1,10 +1,17 @@
-//! One-shot negotiation queries: connect, ask, `NBD_OPT_ABORT`.
+//! Negotiation-only entry points: queries that end with `NBD_OPT_ABORT`,
+//! and the hand-over to the kernel, which ends before transmission.
+//!
+//! The Linux NBD driver speaks only simple replies with compact headers, so
+//! the hand-over asks for no structured replies, extended headers or
+//! metadata contexts, whatever the options say.
+
+use nbdx_proto::client::Connected;
 
 use super::error::{ClientError, ClientResult};
 use super::info::{ExportEntry, ExportInfo};
 use super::negotiate::Negotiation;
-use super::options::ClientOptions;
-use super::target::Target;
+use super::options::{ClientOptions, TlsMode};
+use super::target::{Socket, Target};
 
 /// The exports the server advertises (`NBD_OPT_LIST`).
 pub async fn list_exports(target: &Target, opts: &ClientOptions) -> ClientResult<Vec<ExportEntry>> {
@@ -41,4 +48,24 @@ pub async fn list_meta_contexts(target: &Target, opts: &ClientOptions, queries: 
     let result = n.list_meta_contexts(opts.name(), queries).await;
     let _ = n.abort().await;
     result
+}
+
+/// A negotiated connection for the kernel.
+#[derive(Debug)]
+pub struct Handover {
+    /// The socket, in blocking mode, positioned at the start of transmission.
+    pub socket: Socket,
+    /// Size, transmission flags, block sizes of the export.
+    pub export: Connected,
+}
+
+/// Connects, negotiates up to `NBD_OPT_GO` (or `NBD_OPT_EXPORT_NAME`) in
+/// the kernel's protocol subset, and returns the socket untouched since.
+pub async fn connect_for_handover(target: &Target, opts: &ClientOptions) -> ClientResult<Handover> {
+    if opts.tls == TlsMode::Require {
+        return Err(ClientError::Unsupported("handing a TLS connection to the kernel".into()));
+    }
+    let stream = target.connect(opts.timeout).await?;
+    let (stream, export) = Negotiation::begin(stream, opts, "", true).await?.finish().await?;
+    Ok(Handover { socket: stream.into_socket()?, export })
 }

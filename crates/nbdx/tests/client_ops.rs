@@ -169,3 +169,15 @@ async fn disconnect_waits_for_requests_in_flight_then_sends_nbd_cmd_disc() {
     })
     .await;
 }
+
+#[test]
+fn a_client_whose_runtime_is_gone_fails_instead_of_hanging() {
+    let server_rt = tokio::runtime::Runtime::new().unwrap();
+    let server = server_rt.block_on(async { memory_server(config(true, false), disk(MIB), Arc::default()) });
+    let first = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let c = first.block_on(Client::connect(&server.target, &opts())).unwrap();
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let e = second.block_on(bounded(c.read(0, &mut [0; 512]))).unwrap_err();
+    assert!(matches!(e, ClientError::Closed), "{e}");
+}

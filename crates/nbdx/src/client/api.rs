@@ -4,8 +4,9 @@
 //! Every call is validated against what the server advertised before
 //! anything is sent, then split into requests of at most the maximum
 //! payload, cut on preferred-block boundaries. Up to [`WINDOW`] requests of
-//! one call are in flight at once; any number of calls may run
-//! concurrently (the client is `Clone`, and `&self` methods).
+//! one call (and at most [`READ_WINDOW_BYTES`] of read buffers) are in
+//! flight at once; any number of calls may run concurrently (the client is
+//! `Clone`, and `&self` methods).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +28,9 @@ use crate::uri::NbdUri;
 
 /// Requests of one call in flight at once.
 pub const WINDOW: usize = 16;
+
+/// Read buffers one call may have in flight.
+pub const READ_WINDOW_BYTES: u64 = 128 << 20;
 
 /// A connected NBD client. Cloning is cheap and shares the connections;
 /// dropping the last clone closes them (without `NBD_CMD_DISC`: call
@@ -156,9 +160,13 @@ impl Client {
         payload: impl Fn(u64, u64) -> &'d [u8],
         mut done: impl FnMut(u64, Done),
     ) -> ClientResult<()> {
-        let mut window: VecDeque<(u64, Ticket)> = VecDeque::with_capacity(WINDOW);
+        let limit = match cmd {
+            Cmd::READ => (READ_WINDOW_BYTES / self.inner.rules.max_payload).clamp(2, WINDOW as u64) as usize,
+            _ => WINDOW,
+        };
+        let mut window: VecDeque<(u64, Ticket)> = VecDeque::with_capacity(limit);
         for (offset, len) in pieces {
-            if window.len() == WINDOW {
+            if window.len() == limit {
                 if let Some((at, t)) = window.pop_front() {
                     done(at, t.wait().await?);
                 }

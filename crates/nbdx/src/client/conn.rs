@@ -227,7 +227,7 @@ impl Conn {
             outstanding: watch::channel(0).0,
             cancel: CancellationToken::new(),
         });
-        let reader = tokio::spawn(super::reader::run(shared.clone(), read, mode));
+        let reader = tokio::spawn(super::reader::run(super::reader::Owner(shared.clone()), read, mode));
         Self {
             shared,
             writer: tokio::sync::Mutex::new(write),

@@ -35,7 +35,7 @@ mod reader;
 mod rules;
 mod target;
 
-pub use api::{Client, WINDOW};
+pub use api::{Client, READ_WINDOW_BYTES, WINDOW};
 pub use device::RemoteDevice;
 pub use error::{ClientError, ClientResult};
 pub use info::{ExportEntry, ExportInfo};

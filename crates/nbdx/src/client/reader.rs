@@ -66,10 +66,13 @@ impl FrameReader {
 }
 
 /// Runs until the connection ends; a clean end only after `NBD_CMD_DISC`.
-pub(crate) async fn run(shared: Arc<Shared>, read: ReadHalf, mode: ReplyMode) {
+/// `owner` kills the connection when the task ends, also when a runtime
+/// drops the task, polled or not: nobody else would answer.
+pub(crate) async fn run(owner: Owner, read: ReadHalf, mode: ReplyMode) {
+    let shared = &owner.0;
     let mut reader = FrameReader { inner: read, buf: BytesMut::with_capacity(READ_AHEAD) };
     let result = tokio::select! {
-        r = read_loop(&shared, &mut reader, mode) => r,
+        r = read_loop(shared, &mut reader, mode) => r,
         () = shared.cancel.cancelled() => return,
     };
     match result {
@@ -78,6 +81,15 @@ pub(crate) async fn run(shared: Arc<Shared>, read: ReadHalf, mode: ReplyMode) {
             tracing::debug!(error = %e, "connection failed");
             shared.kill(e);
         }
+    }
+}
+
+/// The reader task's hold on the connection.
+pub(crate) struct Owner(pub Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.kill(ClientError::Closed);
     }
 }
 

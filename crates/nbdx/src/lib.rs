@@ -8,8 +8,10 @@
 
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod device;
 mod export;
+pub mod uri;
 
 pub use export::Export;
 pub use nbdx_proto as proto;

@@ -4,6 +4,7 @@
 
 mod harness;
 mod lifecycle;
+mod limits;
 mod transmission;
 
 pub(crate) use harness::*;

@@ -20,10 +20,12 @@ mod blocking;
 pub(crate) mod conformance;
 mod error;
 mod memory;
+mod null;
 
 pub use blocking::run_blocking;
 pub use error::{DeviceError, DeviceResult};
 pub use memory::MemoryDevice;
+pub use null::NullDevice;
 
 /// How well a device supports an optional feature (nbdkit's
 /// `NBDKIT_FUA_NONE/EMULATE/NATIVE` and `NBDKIT_ZERO_*`, `NBDKIT_CACHE_*`).

@@ -19,11 +19,13 @@ mod blocking;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod error;
+mod file;
 mod memory;
 mod null;
 
 pub use blocking::run_blocking;
 pub use error::{DeviceError, DeviceResult};
+pub use file::FileDevice;
 pub use memory::MemoryDevice;
 pub use null::NullDevice;
 

@@ -10,6 +10,9 @@
 
 pub mod device;
 mod export;
+pub mod source;
 
+pub use device::{FileDevice, MemoryDevice, NullDevice};
 pub use export::Export;
 pub use nbdx_proto as proto;
+pub use source::Source;

@@ -1,19 +1,19 @@
 //! Running blocking system calls from async device methods.
-//!
-//! Devices backed by files or block devices make syscalls that can block
-//! for milliseconds (`pread`, `fdatasync`, `fallocate`). Moving them to
-//! `spawn_blocking` would force every buffer to be owned and `'static`, so
-//! a read could no longer land directly in the server's pooled buffer.
-//! Instead [`run_blocking`] uses [`tokio::task::block_in_place`] on the
-//! multi-threaded runtime: the worker hands its queue to another thread and
-//! becomes a blocking thread for the duration of the call, borrowing
-//! buffers as they are. On a current-thread runtime (where `block_in_place`
-//! would panic) and outside any runtime the call runs inline.
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// Runs `f`, a call that may block, without stalling other tasks of a
-/// multi-threaded tokio runtime. See the [module docs](self).
+/// multi-threaded tokio runtime.
+///
+/// Devices backed by files or block devices make syscalls that can block
+/// for milliseconds (`pread`, `fdatasync`, `fallocate`). Moving them to
+/// `spawn_blocking` would force every buffer to be owned and `'static`, so
+/// a read could no longer land directly in the server's pooled buffer.
+/// Instead this uses [`tokio::task::block_in_place`] on the
+/// multi-threaded runtime: the worker hands its queue to another thread and
+/// becomes a blocking thread for the duration of the call, borrowing
+/// buffers as they are. On a current-thread runtime (where `block_in_place`
+/// would panic) and outside any runtime the call runs inline.
 ///
 /// ```
 /// # async fn demo() -> std::io::Result<()> {

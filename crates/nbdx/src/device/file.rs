@@ -1,23 +1,4 @@
 //! [`FileDevice`]: a regular file or a block device.
-//!
-//! All I/O is positional (`pread`/`pwrite`), so requests run concurrently
-//! on one descriptor, each inside [`run_blocking`]. Every connection shares
-//! the kernel's page cache and `fdatasync` covers all of them, hence
-//! `NBD_FLAG_CAN_MULTI_CONN`.
-//!
-//! | operation | regular file | block device |
-//! |---|---|---|
-//! | flush | `fdatasync` | `fdatasync` |
-//! | FUA | `pwritev2(RWF_DSYNC)`, else write + `fdatasync` | same |
-//! | trim | `fallocate(PUNCH_HOLE)` | `BLKDISCARD` (whole sectors) |
-//! | zero | `PUNCH_HOLE`, else `ZERO_RANGE`, else punch + allocate | `fallocate(PUNCH_HOLE)` (offloaded, may unmap), else `BLKZEROOUT` |
-//! | extents | `SEEK_DATA`/`SEEK_HOLE` | not offered: all data |
-//! | cache | `posix_fadvise(WILLNEED)` | same |
-//!
-//! `NO_HOLE` skips hole punching. Support is learnt lazily: the first
-//! `EOPNOTSUPP` clears a method for good, and zeroing falls back to writing
-//! zeroes (unless `FAST_ZERO` asked for speed: then `NBD_ENOTSUP` before any
-//! byte changes), while trim, being a hint, succeeds doing nothing.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -65,8 +46,26 @@ enum Kind {
     },
 }
 
-/// A regular file or block device served as is. See the
-/// [module docs](self) for how each operation maps to system calls.
+/// A regular file or block device served as is.
+///
+/// All I/O is positional (`pread`/`pwrite`), so requests run concurrently
+/// on one descriptor, each inside [`run_blocking`]. Every connection shares
+/// the kernel's page cache and `fdatasync` covers all of them, hence
+/// `NBD_FLAG_CAN_MULTI_CONN`.
+///
+/// | operation | regular file | block device |
+/// |---|---|---|
+/// | flush | `fdatasync` | `fdatasync` |
+/// | FUA | `pwritev2(RWF_DSYNC)`, else write + `fdatasync` | same |
+/// | trim | `fallocate(PUNCH_HOLE)` | `BLKDISCARD` (whole sectors) |
+/// | zero | `PUNCH_HOLE`, else `ZERO_RANGE`, else punch + allocate | `fallocate(PUNCH_HOLE)` (offloaded, may unmap), else `BLKZEROOUT` (with `FAST_ZERO` only if the queue offloads it) |
+/// | extents | `SEEK_DATA`/`SEEK_HOLE` | not offered: all data |
+/// | cache | `posix_fadvise(WILLNEED)` | same |
+///
+/// `NO_HOLE` skips the `PUNCH_HOLE` attempts. Support is learnt lazily: the first
+/// `EOPNOTSUPP` clears a method for good, and zeroing falls back to writing
+/// zeroes (unless `FAST_ZERO` asked for speed: then `NBD_ENOTSUP` before any
+/// byte changes), while trim, being a hint, succeeds doing nothing.
 #[derive(Debug)]
 pub struct FileDevice {
     file: File,

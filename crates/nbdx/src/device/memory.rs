@@ -1,20 +1,4 @@
 //! [`MemoryDevice`]: a sparse RAM disk.
-//!
-//! Storage is split into pages of [`MemoryDevice::PAGE_SIZE`] bytes, held in
-//! [`SHARDS`] ordered maps (`page index → page`) each behind its own
-//! `RwLock`; page `i` lives in shard `i % SHARDS`, so a large request spreads
-//! over all shards and requests on different pages rarely contend. A page
-//! exists only while it holds a nonzero byte: untouched, trimmed and zeroed
-//! pages use no RAM and are reported as `NBD_STATE_HOLE | NBD_STATE_ZERO`.
-//!
-//! Why 64 KiB pages: a 32 MiB request touches 512 pages (one lock and one
-//! map lookup per 64 KiB copied, so bookkeeping stays far below the cost of
-//! the copy), the map overhead per page is about 0.1 %, and all-zero
-//! detection over 64 KiB is a vectorised OR. The price is that a lone 4 KiB
-//! write allocates 64 KiB; a RAM disk is bounded by its size anyway, and
-//! trimming or zeroing the rest of a page frees it again. Ordered maps (not
-//! hash maps) let `extents`, `trim` and `write_zeroes` visit only allocated
-//! pages, so even a petabyte-sized sparse device answers them at once.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -36,8 +20,24 @@ const EXTENTS_WINDOW: u64 = 1 << 16;
 type Page = Box<[u8]>;
 type Shard = BTreeMap<u64, Page>;
 
-/// A sparse RAM disk: see the [module docs](self). Contents are lost when the
-/// device is dropped; `flush`, FUA and `cache` are no-ops.
+/// A sparse RAM disk. Contents are lost when the device is dropped; `flush`,
+/// FUA and `cache` are no-ops.
+///
+/// Storage is split into pages of [`PAGE_SIZE`](Self::PAGE_SIZE) bytes, held in
+/// 64 ordered maps (`page index → page`) each behind its own
+/// `RwLock`; page `i` lives in shard `i % 64`, so a large request spreads
+/// over all shards and requests on different pages rarely contend. A page
+/// exists only while it holds a nonzero byte: untouched, trimmed and zeroed
+/// pages use no RAM and are reported as `NBD_STATE_HOLE | NBD_STATE_ZERO`.
+///
+/// Why 64 KiB pages: a 32 MiB request touches 512 pages (one lock and one
+/// map lookup per 64 KiB copied, so bookkeeping stays far below the cost of
+/// the copy), the map overhead per page is about 0.1 %, and all-zero
+/// detection over 64 KiB is a vectorised OR. The price is that a lone 4 KiB
+/// write allocates 64 KiB; a RAM disk is bounded by its size anyway, and
+/// trimming or zeroing the rest of a page frees it again. Ordered maps (not
+/// hash maps) let `extents`, `trim` and `write_zeroes` visit only allocated
+/// pages, so even a petabyte-sized sparse device answers them at once.
 #[derive(Debug)]
 pub struct MemoryDevice {
     size: u64,
@@ -109,8 +109,8 @@ impl MemoryDevice {
     /// `keep` asks allocated pages to stay allocated (`NBD_CMD_FLAG_NO_HOLE`).
     fn zero_range(&self, range: Range<u64>, keep: bool) {
         let (first_full, end_full) = (range.start.div_ceil(PAGE), range.end / PAGE);
-        if first_full >= end_full {
-            // Within one page, or straddling one boundary without a full page.
+        if first_full >= end_full || end_full - first_full <= SHARDS as u64 {
+            // A few pages: visit each rather than every shard.
             for (page, at, len, _) in segments(range.start, range.end - range.start) {
                 self.zero_in_page(page, at..at + len, keep);
             }
@@ -134,8 +134,11 @@ impl MemoryDevice {
     }
 
     fn zero_in_page(&self, page: u64, bytes: Range<usize>, keep: bool) {
+        let whole = bytes.len() == Self::PAGE_SIZE;
         let mut shard = self.shard_mut(Self::shard_of(page));
-        if let Some(data) = shard.get_mut(&page) {
+        if !keep && whole {
+            shard.remove(&page);
+        } else if let Some(data) = shard.get_mut(&page) {
             data[bytes].fill(0);
             if !keep && is_zero(data) {
                 shard.remove(&page);
@@ -145,6 +148,9 @@ impl MemoryDevice {
 
     /// Allocated pages in `pages`, in order.
     fn allocated_in(&self, pages: Range<u64>) -> Vec<u64> {
+        if pages.end - pages.start <= SHARDS as u64 {
+            return pages.filter(|page| self.shard(Self::shard_of(*page)).contains_key(page)).collect();
+        }
         let mut found: Vec<u64> =
             (0..SHARDS).flat_map(|s| self.shard(s).range(pages.clone()).map(|(&p, _)| p).collect::<Vec<_>>()).collect();
         found.sort_unstable();
@@ -272,7 +278,7 @@ impl Device for MemoryDevice {
         check_range(self.size, offset, length, Errno::EINVAL)?;
         let end = offset + length;
         let last = end.div_ceil(PAGE);
-        let clip = |page: u64| (page * PAGE).clamp(offset, end);
+        let clip = |page: u64| page.saturating_mul(PAGE).clamp(offset, end);
         let (hole, data) = (AllocationFlags::HOLE | AllocationFlags::ZERO, AllocationFlags::empty());
 
         let mut extents = Vec::new();
@@ -288,7 +294,10 @@ impl Device for MemoryDevice {
             }
             if cursor < window_end {
                 // A trailing hole runs on to the next allocated page.
-                let hole_end = self.next_allocated(window_end).map_or(last, |page| page.min(last));
+                let hole_end = match window_end < last {
+                    true => self.next_allocated(window_end).map_or(last, |page| page.min(last)),
+                    false => last,
+                };
                 push_run(&mut extents, clip(hole_end) - clip(cursor), hole);
                 cursor = hole_end;
             }

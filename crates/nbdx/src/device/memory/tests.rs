@@ -66,14 +66,20 @@ async fn zeroing_straddling_a_boundary_frees_both_pages_once_empty() {
 
 #[tokio::test]
 async fn no_hole_zeroing_keeps_allocated_pages_allocated() {
-    let dev = MemoryDevice::new(8 * PAGE);
-    dev.write(0, &pattern(3, 4 * PAGE_BYTES), false).await.unwrap();
-    dev.write_zeroes(10, 3 * PAGE, ZeroFlags { no_hole: true, ..ZeroFlags::default() }).await.unwrap();
-    assert_eq!(dev.allocated_pages(), 4);
-    let mut buf = vec![1; 3 * PAGE_BYTES];
-    dev.read(10, &mut buf).await.unwrap();
-    assert!(is_zero(&buf));
-    assert_eq!(dev.extents(0, 8 * PAGE).await.unwrap(), vec![ext(4 * PAGE, DATA), ext(4 * PAGE, HOLE)]);
+    // Few pages are visited one by one, many shard by shard: check both.
+    for pages in [4, 100] {
+        let dev = MemoryDevice::new(2 * pages * PAGE);
+        dev.write(0, &pattern(3, (pages * PAGE) as usize), false).await.unwrap();
+        dev.write_zeroes(10, (pages - 1) * PAGE, ZeroFlags { no_hole: true, ..ZeroFlags::default() }).await.unwrap();
+        assert_eq!(dev.allocated_pages(), pages);
+        let mut buf = vec![1; ((pages - 1) * PAGE) as usize];
+        dev.read(10, &mut buf).await.unwrap();
+        assert!(is_zero(&buf));
+        let want = vec![ext(pages * PAGE, DATA), ext(pages * PAGE, HOLE)];
+        assert_eq!(dev.extents(0, 2 * pages * PAGE).await.unwrap(), want);
+        dev.write_zeroes(10, (pages - 1) * PAGE, ZeroFlags::default()).await.unwrap();
+        assert_eq!(dev.allocated_pages(), 2, "only the first and last pages keep data");
+    }
 }
 
 #[tokio::test]

@@ -232,6 +232,9 @@ async fn a_block_device_zeroes_trims_and_writes_at_unaligned_offsets() {
     let path = std::env::var("NBDX_TEST_BLOCK_DEVICE").expect("NBDX_TEST_BLOCK_DEVICE");
     let dev = FileDevice::open(&path, false).unwrap();
     assert!(dev.is_block_device() && dev.size() >= 4 * MIB && !dev.caps().extents);
+    let name = Path::new(&path).file_name().unwrap().to_str().unwrap().to_owned();
+    let rotational = std::fs::read_to_string(format!("/sys/block/{name}/queue/rotational")).unwrap();
+    assert_eq!(dev.caps().rotational, rotational.trim() == "1");
     dev.write(0, &pattern(4, 4 * MIB as usize), true).await.unwrap();
     for flags in [ZeroFlags::default(), ZeroFlags { no_hole: true, ..ZeroFlags::default() }] {
         dev.write_zeroes(100, MIB, flags).await.unwrap();

@@ -107,8 +107,12 @@ pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
         default_export: args.export_name.is_none() || !args.exports.is_empty(),
         ..ServerOptions::default()
     };
-    let server =
-        exports.into_iter().fold(Server::builder(), |b, e| b.export(e)).options(options).build().map_err(|e| e.to_string())?;
+    let server = exports
+        .into_iter()
+        .fold(Server::builder(), |b, e| b.export(e))
+        .options(options)
+        .build()
+        .map_err(|e| e.to_string())?;
     let rt = runtime()?;
     rt.block_on(async {
         let listener = match &args.unix {

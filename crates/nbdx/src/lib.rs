@@ -10,6 +10,7 @@
 
 pub mod device;
 mod export;
+pub mod layer;
 
 pub use export::Export;
 pub use nbdx_proto as proto;

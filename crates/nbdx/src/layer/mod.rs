@@ -41,9 +41,11 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+mod cow;
 mod delay;
 mod error;
 
+pub use cow::CowLayer;
 pub use delay::DelayLayer;
 pub use error::ErrorLayer;
 

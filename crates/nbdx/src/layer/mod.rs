@@ -44,10 +44,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 mod cow;
 mod delay;
 mod error;
+mod log;
+mod readahead;
 
 pub use cow::CowLayer;
 pub use delay::DelayLayer;
 pub use error::ErrorLayer;
+pub use log::LogLayer;
+pub use readahead::ReadaheadLayer;
 
 /// A layer could not be parsed or set up.
 #[derive(Debug, thiserror::Error)]

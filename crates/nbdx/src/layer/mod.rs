@@ -39,19 +39,23 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::device::Device;
 
 mod cow;
 mod delay;
 mod error;
 mod log;
 mod readahead;
+mod spec;
 
 pub use cow::CowLayer;
 pub use delay::DelayLayer;
 pub use error::ErrorLayer;
 pub use log::LogLayer;
 pub use readahead::ReadaheadLayer;
+pub use spec::LayerSpec;
 
 /// A layer could not be parsed or set up.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,14 @@ pub enum LayerError {
         /// Why.
         message: String,
     },
+}
+
+/// Wraps `device` in each layer of `specs`, in order: the first spec ends up
+/// closest to the device, the last one closest to the client (see the
+/// [module docs](self)). This is what the CLI does with its `--layer`
+/// arguments.
+pub fn apply_layers(device: Arc<dyn Device>, specs: &[LayerSpec]) -> Result<Arc<dyn Device>, LayerError> {
+    specs.iter().try_fold(device, |device, spec| spec.apply(device))
 }
 
 /// Locks a std mutex, ignoring poisoning: every critical section in the

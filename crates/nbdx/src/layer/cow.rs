@@ -15,6 +15,9 @@ use self::overlay::{Overlay, State, BLOCK_SIZE};
 use super::LayerError;
 use crate::device::{Caps, Device, DeviceError, DeviceResult, Extent, Support, ZeroFlags};
 
+/// The most bytes one block status answer covers (65 536 blocks).
+const MAX_EXTENTS_SPAN: u64 = 1 << 32;
+
 /// Copy-on-write: writes go to a sparse overlay, reads come from the
 /// overlay where it has the block and from the base otherwise. The base is
 /// only ever read (open it read-only); the layer is writable even when the
@@ -31,7 +34,8 @@ use crate::device::{Caps, Device, DeviceError, DeviceResult, Extent, Support, Ze
 /// The overlay is in memory ([`CowLayer::new`]) or in a sparse file
 /// ([`CowLayer::with_overlay_file`]) whose block map is saved on every
 /// flush and when the layer is dropped, so it can be reopened later over
-/// the same base. One process at a time may use an overlay file.
+/// the same base. An overlay file is locked (`flock`) while in use: a
+/// second layer on the same file is refused.
 ///
 /// Block status: zeroed blocks are holes that read as zeroes, overlay data
 /// is data, the rest is what the base reports (data if it reports nothing).
@@ -284,7 +288,8 @@ impl Device for CowLayer {
     }
 
     async fn extents(&self, offset: u64, length: u64) -> DeviceResult<Vec<Extent>> {
-        let end = offset.saturating_add(length).min(self.base.size());
+        // Bounded work per call: answering for less than asked is allowed.
+        let end = offset.saturating_add(length.min(MAX_EXTENTS_SPAN)).min(self.base.size());
         if offset >= end {
             return Err(DeviceError::invalid("block status beyond the end of the device"));
         }

@@ -114,6 +114,34 @@ async fn a_base_without_block_status_is_reported_as_data() {
     assert_eq!(got, want.map(|(length, flags)| Extent { length, flags }));
 }
 
+/// A large device of zeroes without block status.
+struct Zeroes(u64);
+
+#[async_trait::async_trait]
+impl Device for Zeroes {
+    fn size(&self) -> u64 {
+        self.0
+    }
+    fn caps(&self) -> Caps {
+        Caps { read_only: true, ..Caps::default() }
+    }
+    async fn read(&self, _offset: u64, buf: &mut [u8]) -> nbdx::device::DeviceResult<()> {
+        buf.fill(0);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn block_status_of_a_huge_range_answers_for_a_bounded_part_of_it() {
+    let cow = CowLayer::new(Arc::new(Zeroes(64 << 30))).unwrap();
+    cow.trim(8 << 30, 1 << 20, false).await.unwrap();
+    let got = cow.extents(0, 64 << 30).await.unwrap();
+    assert_eq!(got, [Extent { length: 4 << 30, flags: AllocationFlags::empty() }]);
+    let got = cow.extents(8 << 30, 1 << 30).await.unwrap();
+    let hole = AllocationFlags::HOLE | AllocationFlags::ZERO;
+    assert_eq!(got[0], Extent { length: 1 << 20, flags: hole });
+}
+
 #[tokio::test]
 async fn a_read_only_base_becomes_writable_with_fast_zeroes_and_multi_conn() {
     let caps = Caps { read_only: true, ..Caps::default() };

@@ -74,10 +74,12 @@ async fn after_a_crash_unflushed_writes_are_lost_cleanly_and_flushed_ones_surviv
     // Unflushed: a new block, and zeroes over a flushed one.
     cow.write(12 * BLOCK, &[0x44; 4096], false).await.unwrap();
     cow.write_zeroes(2 * BLOCK, BLOCK, ZeroFlags::default()).await.unwrap();
-    // The process dies: nothing runs at drop.
-    std::mem::forget(cow);
+    // The process dies now: the file is left as it is, nothing runs at drop.
+    let crashed = dir.path().join("crashed.cow");
+    std::fs::copy(&path, &crashed).unwrap();
+    drop(cow);
 
-    let cow = CowLayer::with_overlay_file(base.clone(), &path).unwrap();
+    let cow = CowLayer::with_overlay_file(base.clone(), &crashed).unwrap();
     assert!(read_all(&cow).await == model, "the overlay does not read as at the last flush");
 }
 
@@ -105,6 +107,18 @@ async fn an_overlay_made_for_another_size_is_refused() {
     drop(CowLayer::with_overlay_file(RamDisk::new(1 << 20), &path).unwrap());
     let err = overlay_error(CowLayer::with_overlay_file(RamDisk::new(2 << 20), &path));
     assert!(err.contains("made for a device of 1048576 bytes, but the base has 2097152"), "{err}");
+}
+
+#[test]
+fn a_second_layer_on_an_overlay_in_use_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.cow");
+    let base = RamDisk::new(1 << 20);
+    let first = CowLayer::with_overlay_file(base.clone(), &path).unwrap();
+    let err = overlay_error(CowLayer::with_overlay_file(base.clone(), &path));
+    assert!(err.contains("in use"), "{err}");
+    drop(first);
+    CowLayer::with_overlay_file(base, &path).unwrap();
 }
 
 #[test]

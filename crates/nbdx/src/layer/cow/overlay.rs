@@ -120,6 +120,10 @@ impl Overlay {
         let blocks = block_count(size)?;
         let data_offset = (MAP_OFFSET + blocks).next_multiple_of(BLOCK_SIZE);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err)?;
+        lock_exclusively(&file).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => bad("in use by another copy-on-write layer (the file is locked)".into()),
+            _ => io_err(e),
+        })?;
         let len = file.metadata().map_err(io_err)?.len();
         let mut states = vec![0; blocks as usize];
         if len == 0 {
@@ -298,6 +302,20 @@ impl Drop for Overlay {
                 tracing::warn!(path = %path.display(), error = %e, "cow overlay: saving the block map failed");
             }
         }
+    }
+}
+
+/// Takes an exclusive advisory lock on the overlay file (released when it
+/// is closed): two users of one overlay would overwrite each other's map.
+fn lock_exclusively(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only takes a descriptor and flags; `file` keeps the
+    // descriptor open for the duration of the call.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

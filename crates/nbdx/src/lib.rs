@@ -11,6 +11,7 @@
 pub mod client;
 pub mod device;
 mod export;
+pub mod layer;
 pub mod server;
 pub mod source;
 pub mod uri;

@@ -17,7 +17,7 @@ pub(crate) struct ServeArgs {
     /// What to serve: memory:SIZE, null:SIZE, file:PATH or PATH (SIZE in
     /// bytes or with K/M/G/T). Default: memory:1G.
     #[arg(value_name = "SOURCE")]
-    source: Option<String>,
+    source: Option<Source>,
     /// Listen on this Unix socket instead of TCP.
     #[arg(short = 'U', long = "unix", value_name = "PATH")]
     unix: Option<PathBuf>,
@@ -31,8 +31,8 @@ pub(crate) struct ServeArgs {
     #[arg(short = 'e', long = "export-name", value_name = "NAME")]
     export_name: Option<String>,
     /// Add an export (repeatable); the first export is the default.
-    #[arg(long = "export", value_name = "NAME=SOURCE")]
-    exports: Vec<String>,
+    #[arg(long = "export", value_name = "NAME=SOURCE", value_parser = parse_export)]
+    exports: Vec<(String, Source)>,
     /// Description shown to clients (nbdinfo, NBD_OPT_LIST).
     #[arg(short, long, value_name = "TEXT")]
     description: Option<String>,
@@ -44,20 +44,21 @@ pub(crate) struct ServeArgs {
     pidfile: Option<PathBuf>,
 }
 
+/// `--export NAME=SOURCE`.
+fn parse_export(s: &str) -> Result<(String, Source), String> {
+    let (name, source) = s.split_once('=').ok_or_else(|| format!("expected NAME=SOURCE, got {s:?}"))?;
+    Ok((name.to_owned(), Source::parse(source).map_err(|e| e.to_string())?))
+}
+
 /// The exports `args` describe, the first being the default.
 fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
-    let mut specs: Vec<(String, String)> = Vec::new();
+    let mut specs: Vec<(String, Source)> = Vec::new();
     if args.source.is_some() || args.exports.is_empty() {
-        let source = args.source.clone().unwrap_or_else(|| "memory:1G".into());
-        specs.push((args.export_name.clone().unwrap_or_default(), source));
+        specs.push((args.export_name.clone().unwrap_or_default(), args.source.clone().unwrap_or_default()));
     }
-    for e in &args.exports {
-        let (name, source) = e.split_once('=').ok_or_else(|| format!("--export {e}: expected NAME=SOURCE"))?;
-        specs.push((name.to_owned(), source.to_owned()));
-    }
+    specs.extend(args.exports.iter().cloned());
     let mut out = Vec::with_capacity(specs.len());
-    for (name, text) in specs {
-        let source = Source::parse(&text).map_err(|e| e.to_string())?;
+    for (name, source) in specs {
         let device = source.open(args.read_only).map_err(|e| e.to_string())?;
         let mut export = Export::from_arc(name, device).with_read_only(args.read_only);
         if let Some(d) = &args.description {
@@ -107,8 +108,12 @@ pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
         default_export: args.export_name.is_none() || !args.exports.is_empty(),
         ..ServerOptions::default()
     };
-    let server =
-        exports.into_iter().fold(Server::builder(), |b, e| b.export(e)).options(options).build().map_err(|e| e.to_string())?;
+    let server = exports
+        .into_iter()
+        .fold(Server::builder(), |b, e| b.export(e))
+        .options(options)
+        .build()
+        .map_err(|e| e.to_string())?;
     let rt = runtime()?;
     rt.block_on(async {
         let listener = match &args.unix {

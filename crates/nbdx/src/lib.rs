@@ -11,8 +11,12 @@
 pub mod client;
 pub mod device;
 mod export;
+pub mod layer;
+pub mod server;
+pub mod source;
 pub mod uri;
 
+pub use device::{FileDevice, MemoryDevice, NullDevice};
 pub use export::Export;
 pub use nbdx_proto as proto;
-pub mod server;
+pub use source::Source;

@@ -4,74 +4,17 @@
 
 mod client_support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use client_support::{bounded, opts, suite};
 use nbdx::client::{Client, ClientError, MultiConn, RemoteDevice, Target};
-use nbdx::device::{Caps, Device, DeviceResult, Extent, Support, ZeroFlags};
-use nbdx::proto::{AllocationFlags, Errno, ReplyMode};
+use nbdx::device::Device;
+use nbdx::proto::{Errno, ReplyMode};
 use nbdx::server::Server;
-use nbdx::Export;
-
-/// A RAM disk with holes tracked per 4 KiB block.
-struct Ram(Mutex<Vec<u8>>);
-
-#[async_trait]
-impl Device for Ram {
-    fn size(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
-    }
-    fn caps(&self) -> Caps {
-        Caps {
-            flush: true,
-            fua: Support::Native,
-            trim: true,
-            zero: Support::Native,
-            fast_zero: true,
-            cache: Support::Emulate,
-            multi_conn: true,
-            extents: true,
-            ..Caps::default()
-        }
-    }
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
-        let d = self.0.lock().unwrap();
-        buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-    async fn write(&self, offset: u64, data: &[u8], _fua: bool) -> DeviceResult<()> {
-        self.0.lock().unwrap()[offset as usize..offset as usize + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-    async fn flush(&self) -> DeviceResult<()> {
-        Ok(())
-    }
-    async fn trim(&self, offset: u64, length: u64, _fua: bool) -> DeviceResult<()> {
-        self.0.lock().unwrap()[offset as usize..(offset + length) as usize].fill(0);
-        Ok(())
-    }
-    async fn write_zeroes(&self, offset: u64, length: u64, _f: ZeroFlags) -> DeviceResult<()> {
-        self.trim(offset, length, false).await
-    }
-    async fn extents(&self, offset: u64, length: u64) -> DeviceResult<Vec<Extent>> {
-        let d = self.0.lock().unwrap();
-        let end = (offset + length).min(d.len() as u64);
-        let mut out: Vec<Extent> = Vec::new();
-        let mut at = offset;
-        while at < end {
-            let e = ((at / 4096 + 1) * 4096).min(end);
-            let zero = d[at as usize..e as usize].iter().all(|b| *b == 0);
-            let flags = if zero { AllocationFlags::HOLE | AllocationFlags::ZERO } else { AllocationFlags::empty() };
-            out.push(Extent { length: e - at, flags });
-            at = e;
-        }
-        Ok(out)
-    }
-}
+use nbdx::{Export, MemoryDevice};
 
 fn ram(size: usize) -> Arc<dyn Device> {
-    Arc::new(Ram(Mutex::new(vec![0; size])))
+    Arc::new(MemoryDevice::new(size as u64))
 }
 
 /// Serves `exports` on a Unix socket in a temp dir.

@@ -9,6 +9,7 @@ use nbdx::server::{Listener, Server, ServerOptions};
 use nbdx::source::Source;
 use nbdx::Export;
 
+use crate::limits::LimitArgs;
 use crate::util::{runtime, termination, uri_escape, CliResult};
 
 /// Arguments of `nbdx serve`.
@@ -42,6 +43,8 @@ pub(crate) struct ServeArgs {
     /// Write the process id here once connections are accepted.
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// `--export NAME=SOURCE`.
@@ -102,12 +105,12 @@ fn uri(args: &ServeArgs, name: &str, port: u16) -> String {
 pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
     let exports = exports(&args)?;
     let default_name = exports[0].name().to_owned();
-    let options = ServerOptions {
+    let options = args.limits.apply(ServerOptions {
         // "-e NAME: only that name is served"; with --export the first
         // export is also the default.
         default_export: args.export_name.is_none() || !args.exports.is_empty(),
         ..ServerOptions::default()
-    };
+    });
     let server = exports
         .into_iter()
         .fold(Server::builder(), |b, e| b.export(e))
@@ -115,7 +118,7 @@ pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
         .build()
         .map_err(|e| e.to_string())?;
     let rt = runtime()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let listener = match &args.unix {
             Some(path) => bind_unix(path)?,
             None => Listener::bind_tcp(args.ip, args.port).map_err(|e| format!("port {}: {e}", args.port))?,
@@ -141,5 +144,12 @@ pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
         }
         served.map_err(|e| format!("serving failed: {e}"))?;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Connections still running once the grace period is over are
+    // abandoned: a device call stuck in the kernel must not delay the exit.
+    rt.shutdown_timeout(EXIT_WAIT);
+    result
 }
+
+/// How long the exit waits for tasks still running after the grace period.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);

@@ -75,6 +75,14 @@ impl Executor {
                 self.ctx.encode_read_header(h, u64::from(length), out);
                 return Ok(Some(buf));
             }
+            // "the behavior of a server on such a request is unspecified
+            // although the server SHOULD NOT disconnect": nothing to write,
+            // but FUA still means what was written before is persisted.
+            Command::Write { length: 0, fua, .. } => {
+                if fua && self.caps.flush {
+                    dev.flush().await?;
+                }
+            }
             Command::Write { offset, fua, .. } => {
                 let data = payload.ok_or_else(|| DeviceError::io("write payload missing"))?;
                 dev.write(offset, &data, fua && self.caps.fua == Support::Native).await?;

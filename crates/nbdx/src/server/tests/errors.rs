@@ -134,3 +134,17 @@ async fn a_request_in_the_other_header_layout_closes_the_connection() {
         assert!(matches!(task.await.unwrap(), Err(ConnectionError::Protocol(_))));
     }
 }
+
+#[tokio::test]
+async fn a_zero_length_write_succeeds_without_touching_the_device_in_every_mode() {
+    for mode in [Mode::Simple, Mode::Structured, Mode::Extended] {
+        let disk = TestDisk::new(MIB as usize);
+        let (s, _task) = pipe(&server_for(disk.clone()));
+        let mut c = Raw::connect(s, mode).await;
+        assert_eq!(c.write(1, 4096, &[]).await, Errno(0));
+        c.send(Cmd::WRITE, CmdFlags::FUA, 2, 4096, 0, &[]).await;
+        assert_eq!(c.reply(0).await.unwrap().1, Errno(0));
+        assert_eq!(disk.flushes.load(std::sync::atomic::Ordering::SeqCst), 1, "FUA persisted earlier writes");
+        assert_eq!(c.read(3, 4096, 4).await, (Errno(0), vec![0; 4]));
+    }
+}

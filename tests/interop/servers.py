@@ -69,6 +69,8 @@ class Server:
     pidfile: str = None
     #: A command line of the case's own (a function of the server), instead of the profile's.
     command: object = None
+    #: Options of the nbdx command line added to the profile's (limits, for the hostile suite).
+    extra_args: tuple = ()
     proc: subprocess.Popen = None
     port: int = 0
     stopped: bool = False

@@ -173,6 +173,7 @@ impl Device for MemoryDevice {
             cache: Support::Native,
             multi_conn: true,
             extents: true,
+            immediate: true,
             ..Caps::default()
         }
     }

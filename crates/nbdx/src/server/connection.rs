@@ -146,6 +146,14 @@ pub(crate) async fn run<S: Stream>(
                 if need > 0 {
                     permit = Some(budget.acquire(need).await);
                 }
+                if caps.immediate {
+                    // In-memory devices: no task hand-off per request.
+                    let reply = exec.run(header, cmd, payload).await;
+                    if tx.send(reply.hold(permit, Some(slot))).await.is_err() {
+                        break End::Io(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                    continue;
+                }
                 let exec = exec.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

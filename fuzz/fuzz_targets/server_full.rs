@@ -30,6 +30,8 @@ const DEAF: u8 = 1 << 4;
 const SHUTDOWN_MIDWAY: u8 = 1 << 5;
 /// End by shutting the server down instead of closing the stream.
 const SHUTDOWN_AT_END: u8 = 1 << 6;
+/// Let the server run requests inline on the reader (`Caps::immediate`).
+const IMMEDIATE: u8 = 1 << 7;
 
 const SIZE: usize = 256 << 10;
 
@@ -110,6 +112,7 @@ fn device(setup: u8) -> Arc<Ram> {
         cache: level,
         multi_conn: true,
         extents: true,
+        immediate: setup & IMMEDIATE != 0,
         block_size,
         ..Caps::default()
     };

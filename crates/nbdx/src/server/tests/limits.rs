@@ -77,29 +77,33 @@ async fn a_client_that_stops_reading_replies_and_then_idles_is_dropped_at_the_st
 
 #[tokio::test(start_paused = true)]
 async fn a_client_pipelining_reads_without_reading_replies_is_held_to_its_memory_budget() {
-    let disk = TestDisk::new(4 * MIB);
-    let opts = ServerOptions { max_in_flight: 10_000, connection_budget: 32 * MIB, ..ServerOptions::default() };
-    let server = server_with(disk.clone(), opts);
-    let (s, task) = pipe(&server);
-    let c = Raw::connect(s, Mode::Structured).await;
-    let (mut rd, mut wr) = tokio::io::split(c.s);
-    let flood = requests(HeaderMode::Compact, Cmd::READ, 200, MIB as u64);
-    let sender = tokio::spawn(async move {
-        wr.write_all(&flood).await.unwrap();
-        wr
-    });
-    // Let the server run until it blocks: with nothing read, it must stop
-    // at its budget, not execute all 200 reads into memory.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let served = disk.reads.load(Ordering::SeqCst);
-    assert!(served <= 32 + 2, "{served} reads of 1 MiB executed with a 32 MiB budget");
-    assert!(server.budget_in_use() <= 32 * MIB, "{} bytes reserved", server.budget_in_use());
-    // Once the client reads, every request is answered.
-    assert_eq!(successful_replies(&mut rd, 200).await.len(), 200);
-    drop(sender.await.unwrap());
-    drop(rd);
-    task.await.unwrap().unwrap();
-    assert_eq!(server.budget_in_use(), 0);
+    // Both ways of running requests: a task each, and inline on the reader.
+    for immediate in [false, true] {
+        let caps = Caps { immediate, ..TestDisk::new(0).caps };
+        let disk = TestDisk::with_caps(4 * MIB, caps);
+        let opts = ServerOptions { max_in_flight: 10_000, connection_budget: 32 * MIB, ..ServerOptions::default() };
+        let server = server_with(disk.clone(), opts);
+        let (s, task) = pipe(&server);
+        let c = Raw::connect(s, Mode::Structured).await;
+        let (mut rd, mut wr) = tokio::io::split(c.s);
+        let flood = requests(HeaderMode::Compact, Cmd::READ, 200, MIB as u64);
+        let sender = tokio::spawn(async move {
+            wr.write_all(&flood).await.unwrap();
+            wr
+        });
+        // Let the server run until it blocks: with nothing read, it must stop
+        // at its budget, not execute all 200 reads into memory.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let served = disk.reads.load(Ordering::SeqCst);
+        assert!(served <= 32 + 2, "immediate {immediate}: {served} reads of 1 MiB executed with a 32 MiB budget");
+        assert!(server.budget_in_use() <= 32 * MIB, "{} bytes reserved", server.budget_in_use());
+        // Once the client reads, every request is answered.
+        assert_eq!(successful_replies(&mut rd, 200).await.len(), 200);
+        drop(sender.await.unwrap());
+        drop(rd);
+        task.await.unwrap().unwrap();
+        assert_eq!(server.budget_in_use(), 0);
+    }
 }
 
 /// A 1 GiB device whose every byte is an extent of its own, alternating

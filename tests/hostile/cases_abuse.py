@@ -90,7 +90,8 @@ def a_client_that_never_reads_its_replies(t):
     th.join(10)
 
 
-@hostile("nothing to answer; the write is dropped and the server carries on", "")
+@hostile("nothing to answer; the write is dropped and the server carries on",
+         "robustness: a client may go away at any time")
 def disconnects_in_the_middle_of_a_write_payload(t):
     for i in range(10):
         r = t.negotiated("simple")
@@ -102,7 +103,8 @@ def disconnects_in_the_middle_of_a_write_payload(t):
         r.close()
 
 
-@hostile("nothing to answer; in-flight requests finish and are dropped", "")
+@hostile("nothing to answer; in-flight requests finish and are dropped",
+         "robustness: a client may go away at any time")
 def a_disconnect_with_100_reads_of_1_mib_in_flight(t):
     for _ in range(3):
         r = t.negotiated("structured")
@@ -139,7 +141,7 @@ def three_hundred_simultaneous_connections(t):
     t.note(f"{greeted} greeted, {refused} refused")
 
 
-@hostile("all served", "", timeout=60)
+@hostile("all served", "--max-connections (within the limit)", timeout=60)
 def sixty_clients_at_once_each_writing_and_reading(t):
     errors = []
 
@@ -217,7 +219,7 @@ def slowloris_write_payload_200_bytes_per_half_second(t):
     assert took < STALL_TIMEOUT + 1 + 3, f"still open after {took:.1f}s"
 
 
-@hostile("replies to every request, then closed", "")
+@hostile("replies to every request, then closed", "replies go out after the client closed its sending side")
 def requests_then_half_close(t):
     r = t.negotiated("structured")
     r.send(b"".join(n.request(n.READ, i, SCRATCH, 4096) for i in range(20)))
@@ -226,7 +228,7 @@ def requests_then_half_close(t):
     assert r.closed_within(5)
 
 
-@hostile("no descriptor kept once 300 short sessions are gone", "")
+@hostile("no descriptor kept once 300 short sessions are gone", "robustness: nothing is kept after a session")
 def three_hundred_short_sessions_leak_no_descriptors(t):
     fds = lambda: len(os.listdir(f"/proc/{t.srv.pid}/fd"))  # noqa: E731
     before = fds()

@@ -230,7 +230,7 @@ def slowloris_handshake_one_byte_per_second(t):
     assert took < CLOSE_AT_LIMIT, f"still open after {took:.1f}s"
 
 
-@hostile("nothing to answer; the server carries on", "")
+@hostile("nothing to answer; the server carries on", "robustness: a client may go away at any time")
 def a_client_that_closes_right_after_connecting(t):
     for _ in range(20):
         t.socket().close()

@@ -240,7 +240,8 @@ def seeded_random_requests_with_valid_framing(t):
         r.close()
 
 
-@hostile("zero-length requests are answered (success or NBD_EINVAL), never a crash", "")
+@hostile("zero-length requests are answered (success or NBD_EINVAL), never a crash",
+         "length 0: behaviour unspecified, the server SHOULD NOT disconnect")
 def zero_length_requests(t):
     r = t.negotiated("structured")
     for cookie, cmd in enumerate([n.READ, n.WRITE, n.TRIM, n.WRITE_ZEROES, n.CACHE, n.BLOCK_STATUS]):

@@ -40,6 +40,20 @@ CASE_MODULES = ["cases_handshake", "cases_transmission", "cases_abuse", "cases_l
 KNOWN_SIZE = 8 * MiB
 
 
+#: How words of case names are spelt in the table.
+SPELLING = {"kib": "KiB", "mib": "MiB", "gib": "GiB", "tib": "TiB", "utf8": "UTF-8", "nul": "NUL", "df": "DF",
+            "fua": "FUA", "disc": "DISC", "starttls": "STARTTLS", "go": "GO", "sigterm": "SIGTERM",
+            "http": "HTTP", "9": "-9", "req_one": "REQ_ONE", "no_hole": "NO_HOLE", "fast_zero": "FAST_ZERO",
+            "payload_len": "PAYLOAD_LEN", "fdatasync": "fdatasync"}
+
+
+def title(name):
+    for pair in ("req_one", "no_hole", "fast_zero", "payload_len"):
+        name = name.replace(pair, pair.replace("_", "-"))
+    words = [SPELLING.get(w.replace("-", "_"), w) for w in name.split("_")]
+    return " ".join(words)
+
+
 def vm_rss(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -93,7 +107,7 @@ def main():
     if options.table:
         print("| # | input | server's answer | spec |\n|---|---|---|---|")
         for i, c in enumerate(selected, 1):
-            print(f"| {i} | {c.name.replace('_', ' ')} | {c.answer} | {c.spec} |")
+            print(f"| {i} | {title(c.name)} | {c.answer} | {c.spec} |")
         return 0
     seed = options.seed or random.SystemRandom().randrange(1, 1 << 31)
     profile = NbdxProfile()

@@ -21,6 +21,7 @@ import importlib
 import os
 import random
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -97,6 +98,7 @@ def main():
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--table", action="store_true", help="print the input -> answer table (markdown)")
     parser.add_argument("--seed", type=int, default=int(os.environ.get("NBDX_HOSTILE_SEED") or 0) or None)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (servers' logs, images)")
     options = parser.parse_args()
     for module in CASE_MODULES:
         importlib.import_module(module)
@@ -179,6 +181,10 @@ def main():
     print()
     if failed:
         print("failed cases: " + ", ".join(failed))
+    if failed or problems or options.keep:
+        print(f"scratch files kept in {base}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
     print(f"hostile: {passed} passed, {len(failed) + len(problems)} failed; peak server RSS {peak >> 20} MiB; "
           f"seed {seed}")
     return 1 if failed or problems else 0

@@ -118,11 +118,7 @@ async fn session(setup: u8, replies: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&setup, replies)) = data.split_first() else { return };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
     rt.block_on(async {
         let ended = tokio::time::timeout(Duration::from_secs(3600), session(setup, replies)).await;
         ended.expect("the client did not finish within an hour");

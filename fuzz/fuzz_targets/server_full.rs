@@ -171,10 +171,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (setup, piece) = (data[0], 1usize << (data[1] % 13));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
     rt.block_on(session(setup, piece, &data[2..]));
 });

@@ -2,6 +2,7 @@
 //! them to the Linux kernel. Protocol logic lives in the `nbdx` library; this
 //! binary only parses arguments, wires the library up and reports errors.
 
+mod layers;
 mod serve;
 mod util;
 

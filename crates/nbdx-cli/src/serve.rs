@@ -26,6 +26,7 @@ use crate::util::{runtime, CliResult};
 
 /// Arguments of `nbdx serve`.
 #[derive(Debug, Args)]
+#[command(after_long_help = ops::AFTER_HELP)]
 pub(crate) struct ServeArgs {
     /// What to serve: memory:SIZE, null:SIZE, file:PATH or PATH (SIZE in
     /// bytes or with K/M/G/T). Default: memory:1G.

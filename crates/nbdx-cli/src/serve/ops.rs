@@ -22,6 +22,35 @@ use super::parent::Parent;
 use super::{captive, single, ServeArgs};
 use crate::util::{CliResult, Signals};
 
+/// The end of `nbdx serve --help` and of nbdx-serve(1).
+pub(crate) const AFTER_HELP: &str = "\
+Modes:
+  By default nbdx listens (TCP port 10809, or -U PATH), prints the URI of the first export on \
+stdout once connections are accepted, and serves until SIGINT or SIGTERM.
+  --run CMD (captive): CMD runs through /bin/sh -c once the server listens, with $uri and $nbd \
+(the URI), $exportname, and $port or $unixsocket (the other empty). When CMD exits the server \
+stops and nbdx exits with CMD's status (128+N if signal N killed it); SIGINT/SIGTERM are passed \
+on to CMD. The URI is printed only with --print-uri. Use -U - for a private socket.
+  -s (single): one NBD session on stdin/stdout (inetd, ssh, systemd Accept=yes), then exit. \
+Nothing else is written to stdout.
+  Socket activation: when LISTEN_PID is nbdx's pid, the LISTEN_FDS sockets from fd 3 on are \
+served (-U, -p, -i, -s and --run are then refused). A passed connected socket is served as one \
+client. See contrib/nbdx.socket and contrib/nbdx.service.
+  --exit-with-parent: SIGTERM when the parent exits (Linux prctl PR_SET_PDEATHSIG). The kernel \
+ties this to the parent's thread that started nbdx: start nbdx from a long-lived thread.
+
+Layers (--layer, repeatable) stack on every export, the first closest to the device: \
+--layer cow --layer log=FILE logs what clients send. With cow the source is opened read-only.
+  cow                    writes go to a sparse overlay in memory; the source is never written
+  cow=FILE               the same, with the overlay kept in FILE (reopened next time)
+  delay=READ_MS[:WRITE]  added latency to reads (and to writes, trims, zeroes)
+  error=RATE[:ERRNO[:SEED]]  fail RATE (0..1) of the requests with ERRNO (default EIO)
+  log=FILE               one line per request and completion (nbdkit log filter style)
+  readahead              prefetch ahead of sequential reads
+
+Logs go to stderr: -v (info: connections, exports opened with the negotiated options), -vv \
+(debug: every request), -vvv (trace); RUST_LOG (e.g. RUST_LOG=nbdx=debug) overrides.";
+
 /// Options for running the server from scripts, supervisors and services.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Operation")]

@@ -38,7 +38,7 @@ pub(crate) async fn serve_stream(
     mut signals: Signals,
 ) -> CliResult<()> {
     let token = server.shutdown_token();
-    let span = tracing::info_span!("conn", peer);
+    let span = tracing::info_span!("conn", peer = %peer);
     let connection = server.serve_connection(stream).instrument(span);
     tokio::pin!(connection);
     let served = tokio::select! {
@@ -53,8 +53,10 @@ pub(crate) async fn serve_stream(
 }
 
 /// stdin and stdout as one stream: the socket itself when both are the
-/// same socket (inetd, systemd), else a pair of pipes, files or terminals
-/// read and written through tokio's blocking stdio.
+/// same socket (inetd, systemd), else a pair of pipes (ssh), files or
+/// terminals, read and written on blocking threads. These are duplicates
+/// of the descriptors as tokio files, not tokio's stdio: std's stdout is
+/// line-buffered and would hold replies back until a newline or a flush.
 fn stdio() -> io::Result<BoxStream> {
     if let Some(socket) = shared_socket()? {
         let unix = socket.domain()? == Domain::UNIX;
@@ -67,7 +69,9 @@ fn stdio() -> io::Result<BoxStream> {
             Box::new(stream)
         });
     }
-    Ok(Box::new(tokio::io::join(tokio::io::stdin(), tokio::io::stdout())))
+    let input = tokio::fs::File::from_std(File::from(io::stdin().as_fd().try_clone_to_owned()?));
+    let output = tokio::fs::File::from_std(File::from(io::stdout().as_fd().try_clone_to_owned()?));
+    Ok(Box::new(tokio::io::join(input, output)))
 }
 
 /// A duplicate of stdin when stdin and stdout are the same socket.

@@ -139,6 +139,14 @@ pub(crate) async fn run<S: Stream>(
                 if let Command::Read { length, .. } = cmd {
                     permit = Some(budget.acquire(length as usize).await);
                 }
+                if caps.immediate {
+                    // In-memory devices: no task hand-off per request.
+                    let reply = exec.run(header, cmd, payload).await;
+                    if tx.send(reply.hold(permit, Some(slot))).await.is_err() {
+                        break End::Io(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                    continue;
+                }
                 let exec = exec.clone();
                 let tx = tx.clone();
                 tokio::spawn(

@@ -48,7 +48,7 @@ use crate::Export;
 use pool::{BufferPool, GlobalBudget};
 
 /// Upgrades a plaintext stream to TLS after `NBD_OPT_STARTTLS` was
-/// acknowledged (implemented over rustls in [`crate::tls`]).
+/// acknowledged (implemented over rustls by the `tls` module).
 #[async_trait]
 pub trait TlsAccept: Send + Sync + 'static {
     /// Runs the server side of the TLS handshake on `stream`.

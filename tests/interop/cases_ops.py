@@ -13,7 +13,7 @@ import subprocess
 
 import nbd
 
-from cases_cli import nbdx_cli, printed_uri
+from cases_cli import URI_RE, nbdx_cli, printed_uri
 from runner import case
 from util import MiB, run, wait_for
 
@@ -151,16 +151,21 @@ def socket_activation_serves_on_passed_tcp_and_unix_listening_sockets(ctx):
     unix.listen(16)
     for sock, transport in ((tcp, "tcp"), (unix, "unix")):
         port = sock.getsockname()[1] if transport == "tcp" else 0
-        srv = ctx.server(transport=transport, port=port, socket_path=path, pass_fds=(sock.fileno(),),
-                         command=lambda s, fd=sock.fileno(): activated(nbdx, fd, "serve", "memory:5M"))
-        sock.close()
-        for _ in range(2):
-            h = srv.connect()
-            assert h.get_size() == 5 * MiB
-            h.shutdown()
-        uri = printed_uri(srv)
-        assert (f":{port}/" if transport == "tcp" else f"socket={path}") in uri, f"printed URI {uri!r}"
-        assert not srv.stop(), srv.log_tail()
+        with sock:
+            for extra in ([], ["--print-uri"]):
+                srv = ctx.server(transport=transport, port=port, socket_path=path, pass_fds=(sock.fileno(),),
+                                 command=lambda s, e=extra: activated(nbdx, sock.fileno(), "serve", *e, "memory:5M"))
+                for _ in range(2):
+                    h = srv.connect()
+                    assert h.get_size() == 5 * MiB
+                    h.shutdown()
+                if extra:
+                    uri = printed_uri(srv)
+                    assert (f":{port}/" if transport == "tcp" else f"socket={path}") in uri, f"printed {uri!r}"
+                else:
+                    output = srv.log_text().split("\n", 1)[-1]
+                    assert not URI_RE.search(output), f"URI printed without --print-uri: {output!r}"
+                assert not srv.stop(), srv.log_tail()
     assert os.path.exists(path), "nbdx removed a socket that belongs to the service manager"
 
 

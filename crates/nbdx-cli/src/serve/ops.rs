@@ -5,8 +5,9 @@
 //!
 //! The URI is printed on stdout by default, as soon as connections are
 //! accepted (the contract scripts rely on). With `--run`, stdout belongs
-//! to the command and the URI is printed only with `--print-uri`; with
-//! `-s`, stdout carries the NBD session and nothing else is printed.
+//! to the command, and with socket activation the caller chose the
+//! address: the URI is then printed only with `--print-uri`. With `-s`,
+//! stdout carries the NBD session and nothing else is printed.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,11 +27,12 @@ use crate::util::{CliResult, Signals};
 pub(crate) const AFTER_HELP: &str = "\
 Modes:
   By default nbdx listens (TCP port 10809, or -U PATH), prints the URI of the first export on \
-stdout once connections are accepted, and serves until SIGINT or SIGTERM.
+stdout once connections are accepted, and serves until SIGINT or SIGTERM. With --run or socket \
+activation the URI is printed only with --print-uri.
   --run CMD (captive): CMD runs through /bin/sh -c once the server listens, with $uri and $nbd \
 (the URI), $exportname, and $port or $unixsocket (the other empty). When CMD exits the server \
 stops and nbdx exits with CMD's status (128+N if signal N killed it); SIGINT/SIGTERM are passed \
-on to CMD. The URI is printed only with --print-uri. Use -U - for a private socket.
+on to CMD. Use -U - for a private socket.
   -s (single): one NBD session on stdin/stdout (inetd, ssh, systemd Accept=yes), then exit. \
 Nothing else is written to stdout.
   Socket activation: when LISTEN_PID is nbdx's pid, the LISTEN_FDS sockets from fd 3 on are \
@@ -67,8 +69,8 @@ pub(crate) struct OpsArgs {
     /// thread that started nbdx).
     #[arg(long)]
     pub(crate) exit_with_parent: bool,
-    /// Print the URI on stdout also with --run (without --run it is
-    /// always printed).
+    /// Print the URI on stdout also with --run or socket activation
+    /// (otherwise it is always printed).
     #[arg(long, conflicts_with = "single")]
     pub(crate) print_uri: bool,
 }
@@ -110,6 +112,9 @@ pub(crate) async fn serve(
         tracing::info!("the parent process has already exited");
         return Ok(ExitCode::SUCCESS);
     }
+    // Printed when nbdx chose the address itself and stdout is not the
+    // captive command's: a service manager knows where it listens.
+    let print_uri = args.ops.print_uri || (args.ops.run.is_none() && activated.is_none());
     let bound = match activated {
         Some(sockets) => match activation::adopt_all(sockets)? {
             Activated::Listeners(bound) => bound,
@@ -125,7 +130,7 @@ pub(crate) async fn serve(
     let endpoint = bound[0].endpoint.clone();
     let uri = endpoint.uri(&export);
     let _pidfile = PidFile::write(args.pidfile.as_deref())?;
-    if args.ops.run.is_none() || args.ops.print_uri {
+    if print_uri {
         println!("{uri}");
     }
 

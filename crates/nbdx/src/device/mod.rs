@@ -16,6 +16,8 @@ use async_trait::async_trait;
 use nbdx_proto::{AllocationFlags, BlockSize};
 
 mod error;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use error::{DeviceError, DeviceResult};
 

@@ -1,0 +1,230 @@
+//! `s3://BUCKET/PREFIX?param=value&…`: parsing and validation of the source string.
+//!
+//! Credentials are never part of it: parameters that look like credentials are refused
+//! with an error that says where credentials come from.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The default chunk object size: 4 MiB.
+pub const DEFAULT_OBJECT_SIZE: u64 = 4 << 20;
+/// The default budget of chunk buffers (dirty and cached): 256 MiB.
+pub const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
+/// Default number of chunk requests in flight to the store.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Default number of chunks read ahead of a sequential reader.
+pub const DEFAULT_READ_AHEAD: usize = 8;
+/// Default lease lifetime without renewal.
+pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a new lease is left to settle before it is read back.
+pub const DEFAULT_LEASE_SETTLE: Duration = Duration::from_secs(1);
+/// Default bound on retrying one failed store request.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Parameters that would carry credentials on a command line.
+const CREDENTIAL_PARAMS: &[&str] =
+    &["access-key", "access-key-id", "secret-key", "secret-access-key", "session-token", "token", "password"];
+
+/// A parsed `s3://` source. Build one with [`S3Config::parse`] or field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix of the disk, without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// Endpoint URL (`endpoint=`), e.g. `http://127.0.0.1:3900`; `None` for AWS, or
+    /// `AWS_ENDPOINT_URL` from the environment.
+    pub endpoint: Option<String>,
+    /// Region (`region=`); else `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Disk size in bytes (`size=`): required to create a disk, checked against the manifest.
+    pub size: Option<u64>,
+    /// Chunk object size (`object-size=`), checked against the manifest.
+    pub object_size: Option<u64>,
+    /// Memory for chunk buffers, dirty and cached (`cache-size=`).
+    pub cache_size: u64,
+    /// Store requests in flight (`concurrency=`).
+    pub concurrency: usize,
+    /// Chunks prefetched ahead of a sequential reader (`read-ahead=`, 0 disables).
+    pub read_ahead: usize,
+    /// Open without taking the lease; writes are refused (`read-only`).
+    pub read_only: bool,
+    /// Lease lifetime without renewal (`lease-timeout=`, seconds or `500ms`).
+    pub lease_timeout: Duration,
+    /// Wait before a new lease is read back to confirm it (`lease-settle=`).
+    pub lease_settle: Duration,
+    /// Bound on retries of one failed request (`retry-timeout=`).
+    pub retry_timeout: Duration,
+}
+
+/// Why an `s3://` source string was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+impl S3Config {
+    /// A configuration with defaults for `bucket` and `prefix`.
+    pub fn new(bucket: impl Into<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            prefix: prefix.into().trim_matches('/').to_string(),
+            endpoint: None,
+            region: None,
+            size: None,
+            object_size: None,
+            cache_size: DEFAULT_CACHE_SIZE,
+            concurrency: DEFAULT_CONCURRENCY,
+            read_ahead: DEFAULT_READ_AHEAD,
+            read_only: false,
+            lease_timeout: DEFAULT_LEASE_TIMEOUT,
+            lease_settle: DEFAULT_LEASE_SETTLE,
+            retry_timeout: DEFAULT_RETRY_TIMEOUT,
+        }
+    }
+
+    /// Parses `s3://BUCKET[/PREFIX][?param=value&…]`.
+    pub fn parse(source: &str) -> Result<Self, ConfigError> {
+        let rest = source.strip_prefix("s3://").ok_or_else(|| err(format!("not an s3:// source: {source}")))?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        if bucket.is_empty() {
+            return Err(err("s3:// source without a bucket (s3://BUCKET/PREFIX)"));
+        }
+        let mut config = Self::new(bucket, percent_decode(prefix)?);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            config.set(key, &percent_decode(value)?)?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one `key=value` parameter.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        if CREDENTIAL_PARAMS.contains(&key) || key.starts_with("aws_") || key.contains("secret") {
+            return Err(err(format!(
+                "'{key}' is refused: S3 credentials are read only from the environment \
+                 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or ~/.aws/credentials, \
+                 never from a command line"
+            )));
+        }
+        let need = |what: &str| if value.is_empty() { Err(err(format!("{key}= needs {what}"))) } else { Ok(()) };
+        match key {
+            "endpoint" => {
+                need("a URL")?;
+                if !value.starts_with("http://") && !value.starts_with("https://") {
+                    return Err(err(format!("endpoint={value}: expected an http:// or https:// URL")));
+                }
+                self.endpoint = Some(value.trim_end_matches('/').to_string());
+            }
+            "region" => {
+                need("a region name")?;
+                self.region = Some(value.to_string());
+            }
+            "size" => self.size = Some(parse_size(key, value)?),
+            "object-size" => {
+                let size = parse_size(key, value)?;
+                if !(4096..=(1 << 30)).contains(&size) || size % 4096 != 0 {
+                    return Err(err(format!("object-size={value}: a multiple of 4 KiB from 4 KiB to 1 GiB expected")));
+                }
+                self.object_size = Some(size);
+            }
+            "cache-size" => self.cache_size = parse_size(key, value)?,
+            "concurrency" => self.concurrency = parse_count(key, value, 1)?,
+            "read-ahead" => self.read_ahead = parse_count(key, value, 0)?,
+            "read-only" | "readonly" | "ro" => {
+                self.read_only = match value {
+                    "" | "1" | "true" | "yes" | "on" => true,
+                    "0" | "false" | "no" | "off" => false,
+                    _ => return Err(err(format!("{key}={value}: expected true or false"))),
+                }
+            }
+            "lease-timeout" => self.lease_timeout = parse_duration(key, value)?,
+            "lease-settle" => self.lease_settle = parse_duration(key, value)?,
+            "retry-timeout" => self.retry_timeout = parse_duration(key, value)?,
+            _ => {
+                return Err(err(format!(
+                    "unknown s3:// parameter '{key}' (known: endpoint, region, size, object-size, cache-size, \
+                     concurrency, read-ahead, read-only, lease-timeout, lease-settle, retry-timeout)"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// `s3://BUCKET/PREFIX`, for messages.
+    pub fn display_name(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Parses `512`, `4k`, `4K`, `4KiB`, `1M`, `2G`, `1T` (powers of 1024).
+pub fn parse_size(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let bad = || err(format!("{key}={value}: expected a size like 4M, 10G or a number of bytes"));
+    let digits = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit.trim_end_matches("iB").trim_end_matches('B').to_ascii_lowercase().as_str() {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        "p" => 50,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(1 << shift).filter(|&n| n > 0).ok_or_else(bad)
+}
+
+fn parse_count(key: &str, value: &str, min: usize) -> Result<usize, ConfigError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n >= min && n <= 4096)
+        .ok_or_else(|| err(format!("{key}={value}: expected a number from {min} to 4096")))
+}
+
+/// Parses `30` (seconds), `30s`, `500ms`.
+pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    let bad = || err(format!("{key}={value}: expected a duration like 30, 30s or 500ms"));
+    if let Some(ms) = value.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| bad());
+    }
+    let secs = value.strip_suffix('s').unwrap_or(value);
+    secs.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(bad)
+}
+
+fn percent_decode(s: &str) -> Result<String, ConfigError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            out.push(hex.ok_or_else(|| err(format!("bad percent-encoding in '{s}'")))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| err(format!("'{s}' is not UTF-8")))
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

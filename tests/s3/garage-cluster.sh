@@ -80,7 +80,7 @@ EOF
 
 start_node() {
     local n=$1
-    gar "$n" server >>"$DIR/node$n/log" 2>&1 &
+    "$GARAGE" -c "$(conf "$n")" server >>"$DIR/node$n/log" 2>&1 &
     echo $! >"$DIR/node$n/pid"
     wait_for "node $n to answer" gar "$n" node id -q
 }

@@ -29,7 +29,8 @@ pub(crate) async fn write_back_loop(chunks: Arc<Chunks>, stop: CancellationToken
             () = chunks.pressure.notified() => {}
             () = tokio::time::sleep(TICK) => {}
         }
-        for index in pick(&chunks, &lock(&in_flight)) {
+        let picked = pick(&chunks, &lock(&in_flight));
+        for index in picked {
             lock(&in_flight).insert(index);
             let (chunks, in_flight) = (chunks.clone(), in_flight.clone());
             tokio::spawn(async move {

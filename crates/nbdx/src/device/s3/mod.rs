@@ -63,7 +63,8 @@ pub use manifest::{Manifest, FORMAT_VERSION, MANIFEST_NAME};
 
 use cache::Chunks;
 use lease::Lease;
-use store::{Credentials, Store};
+pub use store::S3Credentials;
+use store::Store;
 
 /// A disk in an object store. See the [module docs](self).
 pub struct S3Device {
@@ -85,8 +86,13 @@ impl S3Device {
     /// so that bad credentials, a missing bucket or an unreachable endpoint each fail here
     /// with one clear error.
     pub async fn open(config: S3Config) -> Result<Self, S3Error> {
+        Self::open_with_credentials(config, S3Credentials::from_environment()?).await
+    }
+
+    /// [`S3Device::open`] with credentials given by the program.
+    pub async fn open_with_credentials(config: S3Config, credentials: S3Credentials) -> Result<Self, S3Error> {
         let name = config.display_name();
-        let mut store = Store::connect(&config, Credentials::from_environment()?)?;
+        let mut store = Store::connect(&config, credentials)?;
         let endpoint = config
             .endpoint
             .clone()
@@ -96,8 +102,17 @@ impl S3Device {
         let root = store.path("");
         store.inner().list_with_delimiter(Some(&root)).await.map_err(|e| S3Error::from_probe(&e, &what, &endpoint))?;
         let existing = manifest::read(&store, &config).await?;
-        if existing.is_none() && config.read_only {
-            return Err(S3Error::NoDisk(format!("{what}: no disk there (no {MANIFEST_NAME}) to open read-only")));
+        match (&existing, config.read_only, config.size) {
+            (Some(_), ..) => {}
+            (None, true, _) => {
+                return Err(S3Error::NoDisk(format!("{what}: no disk there (no {MANIFEST_NAME}) to open read-only")))
+            }
+            (None, false, None) => {
+                return Err(S3Error::NoDisk(format!(
+                    "{what}: no disk there (no {MANIFEST_NAME}); give size= to create one"
+                )))
+            }
+            (None, false, Some(_)) => {}
         }
         let lease = match config.read_only {
             true => None,
@@ -112,13 +127,24 @@ impl S3Device {
                 .await?,
             ),
         };
-        let manifest = match existing {
-            Some(m) => m,
-            None => manifest::create(&store, &config).await?,
+        let opened = async {
+            let manifest = match existing {
+                Some(m) => m,
+                None => manifest::create(&store, &config).await?,
+            };
+            store.set_object_size(manifest.object_size);
+            let present =
+                store.list_chunks().await.map_err(|e| S3Error::Store(format!("{what}: {}", store::one_line(&e))))?;
+            Ok::<_, S3Error>((manifest, present))
         };
-        store.set_object_size(manifest.object_size);
-        let present =
-            store.list_chunks().await.map_err(|e| S3Error::Store(format!("{what}: {}", store::one_line(&e))))?;
+        let (manifest, present) = match (opened.await, &lease) {
+            (Ok(done), _) => done,
+            (Err(e), Some(lease)) => {
+                lease.release().await;
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
         tracing::info!(
             "opened {name}{}: {} bytes, {} of {} chunks of {} bytes stored",
             if config.read_only { " read-only" } else { "" },

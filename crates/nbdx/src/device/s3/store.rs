@@ -19,19 +19,32 @@ use super::config::S3Config;
 use super::S3Error;
 use crate::device::DeviceError;
 
-/// Credentials as read from the environment or the shared credentials file.
+/// S3 credentials: from the environment or the shared credentials file
+/// ([`S3Credentials::from_environment`]), or given by a program (never parsed from a source
+/// string).
 #[derive(Clone)]
-pub(crate) struct Credentials {
-    pub(crate) key_id: String,
-    pub(crate) secret: String,
-    pub(crate) token: Option<String>,
+pub struct S3Credentials {
+    key_id: String,
+    secret: String,
+    token: Option<String>,
 }
 
-impl Credentials {
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl S3Credentials {
+    /// Explicit credentials.
+    pub fn new(key_id: impl Into<String>, secret: impl Into<String>, token: Option<String>) -> Self {
+        Self { key_id: key_id.into(), secret: secret.into(), token }
+    }
+
     /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`, else the profile
     /// `AWS_PROFILE` (default `default`) of `AWS_SHARED_CREDENTIALS_FILE` or
     /// `~/.aws/credentials`.
-    pub(crate) fn from_environment() -> Result<Self, S3Error> {
+    pub fn from_environment() -> Result<Self, S3Error> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let (Some(key_id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
             return Ok(Self { key_id, secret, token: var("AWS_SESSION_TOKEN") });
@@ -76,7 +89,7 @@ pub(crate) struct Store {
 
 impl Store {
     /// A client for `config`'s bucket; no request is made yet.
-    pub(crate) fn connect(config: &S3Config, credentials: Credentials) -> Result<Self, S3Error> {
+    pub(crate) fn connect(config: &S3Config, credentials: S3Credentials) -> Result<Self, S3Error> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let region = config
             .region
@@ -93,7 +106,9 @@ impl Store {
             max_retries: 8,
             retry_timeout: config.retry_timeout,
         };
+        let endpoint = config.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL"));
         let client = ClientOptions::new()
+            .with_allow_http(endpoint.as_deref().is_some_and(|e| e.starts_with("http://")))
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(60))
             .with_pool_max_idle_per_host(config.concurrency.max(8));
@@ -106,10 +121,8 @@ impl Store {
         if let Some(token) = credentials.token {
             builder = builder.with_token(token);
         }
-        let endpoint = config.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL"));
         if let Some(endpoint) = endpoint {
-            let http = endpoint.starts_with("http://");
-            builder = builder.with_endpoint(endpoint).with_allow_http(http);
+            builder = builder.with_endpoint(endpoint);
         }
         let inner = builder
             .with_client_options(client)
@@ -244,10 +257,10 @@ mod tests {
     fn the_credentials_file_profile_is_read_and_other_profiles_are_not() {
         let ini = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n\
                    [profile other]\naws_access_key_id=C\naws_secret_access_key=D\naws_session_token=E\n";
-        let c = Credentials::from_ini(ini, "default").unwrap();
+        let c = S3Credentials::from_ini(ini, "default").unwrap();
         assert_eq!((c.key_id.as_str(), c.secret.as_str(), c.token), ("A", "B", None));
-        let c = Credentials::from_ini(ini, "other").unwrap();
+        let c = S3Credentials::from_ini(ini, "other").unwrap();
         assert_eq!((c.key_id.as_str(), c.token.as_deref()), ("C", Some("E")));
-        assert!(Credentials::from_ini(ini, "missing").is_none());
+        assert!(S3Credentials::from_ini(ini, "missing").is_none());
     }
 }

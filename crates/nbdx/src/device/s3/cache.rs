@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::config::S3Config;
 use super::lease::Lease;
+use super::manifest::Manifest;
 use super::store::Store;
 use crate::device::{DeviceError, DeviceResult};
 
@@ -68,6 +70,8 @@ pub(crate) struct Chunks {
     clean: Mutex<VecDeque<u64>>,
     pub(crate) pressure: tokio::sync::Notify,
     pub(crate) last_read_end: AtomicU64,
+    /// How long a writer waits for a buffer before failing with `NBD_EIO`.
+    pub(crate) stall_timeout: Duration,
 }
 
 /// A counted reference to a chunk's entry; dropping the last one of an entry without a
@@ -98,13 +102,12 @@ impl Drop for EntryRef<'_> {
 impl Chunks {
     pub(crate) fn new(
         store: Store,
-        object_size: u64,
-        count: u64,
+        manifest: Manifest,
         present: &[u64],
-        cache_size: u64,
-        concurrency: usize,
+        config: &S3Config,
         lease: Option<Lease>,
     ) -> Self {
+        let (object_size, count, cache_size) = (manifest.object_size, manifest.chunks(), config.cache_size);
         let max_buffers = (cache_size / object_size).max(2) as usize;
         let mut allocated = vec![0u64; count.div_ceil(64) as usize];
         for &c in present.iter().filter(|&&c| c < count) {
@@ -118,14 +121,16 @@ impl Chunks {
             entries: Mutex::default(),
             buffers: Arc::new(Semaphore::new(max_buffers)),
             max_buffers,
-            requests: Semaphore::new(concurrency),
-            concurrency,
+            requests: Semaphore::new(config.concurrency),
+            concurrency: config.concurrency,
             allocated: Mutex::new(allocated),
             dirty: Mutex::default(),
             urgent: Mutex::default(),
             clean: Mutex::default(),
             pressure: tokio::sync::Notify::new(),
             last_read_end: AtomicU64::new(u64::MAX),
+            // A writer waits for write-back as long as one PUT may retry, twice.
+            stall_timeout: config.retry_timeout * 2,
         }
     }
 
@@ -158,8 +163,10 @@ impl Chunks {
         self.lease.as_ref().map_or(Ok(()), Lease::check)
     }
 
-    /// A buffer permit: free, or taken from a clean chunk; with `wait`, waits for write-back.
+    /// A buffer permit: free, or taken from a clean chunk; with `wait`, waits for write-back
+    /// (at most `stall_timeout`, then `None`).
     pub(crate) async fn buffer(&self, wait: bool) -> Option<OwnedSemaphorePermit> {
+        let deadline = Instant::now() + self.stall_timeout;
         loop {
             if let Ok(permit) = self.buffers.clone().try_acquire_owned() {
                 return Some(permit);
@@ -167,7 +174,7 @@ impl Chunks {
             if self.evict_clean() {
                 continue;
             }
-            if !wait {
+            if !wait || Instant::now() >= deadline {
                 return None;
             }
             self.pressure.notify_one();
@@ -228,7 +235,10 @@ impl Chunks {
         let entry = self.entry(index);
         let mut state = entry.state.lock().await;
         if state.data.is_none() {
-            let permit = self.buffer(true).await.ok_or_else(|| DeviceError::io("shutting down"))?;
+            let permit = self
+                .buffer(true)
+                .await
+                .ok_or_else(|| DeviceError::io("the write-back cache is full and the store is not taking writes"))?;
             let whole = offset == 0 && len == self.object_size;
             let contents = if whole { vec![0; self.object_size] } else { self.fetch(index).await? };
             state.data = Some(Arc::new(contents));

@@ -141,6 +141,11 @@ impl Lease {
         self.shared.check()
     }
 
+    /// Whether the lease is still held (not released, not lost).
+    pub(crate) fn is_held(&self) -> bool {
+        !self.shared.lost.load(Ordering::Acquire)
+    }
+
     /// Deletes the lease (if still ours) and stops renewing it.
     pub(crate) async fn release(&self) {
         self.stop.cancel();

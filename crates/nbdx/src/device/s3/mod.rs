@@ -153,15 +153,7 @@ impl S3Device {
             manifest.chunks(),
             manifest.object_size
         );
-        let chunks = Arc::new(Chunks::new(
-            store,
-            manifest.object_size,
-            manifest.chunks(),
-            &present,
-            config.cache_size,
-            config.concurrency,
-            lease,
-        ));
+        let chunks = Arc::new(Chunks::new(store, manifest, &present, &config, lease));
         let stop = CancellationToken::new();
         if !config.read_only {
             tokio::spawn(background::write_back_loop(chunks.clone(), stop.clone()));
@@ -203,7 +195,8 @@ impl Drop for S3Device {
         if dirty > 0 {
             tracing::warn!("{}: closed with {dirty} chunks not stored (no flush)", self.name);
         }
-        if let (Ok(handle), Some(_)) = (tokio::runtime::Handle::try_current(), &self.chunks.lease) {
+        let held = self.chunks.lease.as_ref().is_some_and(|l| l.is_held());
+        if let (Ok(handle), true) = (tokio::runtime::Handle::try_current(), held) {
             let chunks = self.chunks.clone();
             handle.spawn(async move {
                 if let Some(lease) = &chunks.lease {

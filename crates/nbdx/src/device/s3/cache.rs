@@ -187,6 +187,11 @@ impl Chunks {
         }
     }
 
+    /// A buffer permit if one is free, without evicting anything.
+    pub(crate) fn free_buffer(&self) -> Option<OwnedSemaphorePermit> {
+        self.buffers.clone().try_acquire_owned().ok()
+    }
+
     /// Drops the least recently cached clean buffer that is not in use.
     fn evict_clean(&self) -> bool {
         let mut clean = lock(&self.clean);

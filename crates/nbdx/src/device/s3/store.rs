@@ -182,8 +182,10 @@ impl Store {
     /// A whole chunk; a chunk of the wrong size is an error.
     pub(crate) async fn get_chunk(&self, index: u64) -> Result<Option<Bytes>, DeviceError> {
         let path = self.chunk_path(index);
-        tracing::debug!(chunk = index, object = %path, "GET");
+        let start = std::time::Instant::now();
         let data = self.get(&path).await.map_err(|e| io_error("GET", &path, e))?;
+        let bytes = data.as_ref().map_or(0, |d| d.len());
+        tracing::debug!(chunk = index, object = %path, bytes, ms = start.elapsed().as_millis() as u64, "GET");
         match data {
             Some(d) if d.len() as u64 != self.object_size => {
                 Err(DeviceError::io(format!("GET {path}: {} bytes, expected {}", d.len(), self.object_size)))
@@ -195,9 +197,11 @@ impl Store {
     /// Part of a chunk (a ranged GET), or `None` when the chunk does not exist.
     pub(crate) async fn get_chunk_range(&self, index: u64, range: Range<u64>) -> Result<Option<Bytes>, DeviceError> {
         let path = self.chunk_path(index);
-        tracing::debug!(chunk = index, object = %path, start = range.start, end = range.end, "ranged GET");
-        let expected = range.end - range.start;
-        match self.inner.get_range(&path, range).await {
+        let (expected, first, start) = (range.end - range.start, range.start, std::time::Instant::now());
+        let result = self.inner.get_range(&path, range).await;
+        let ms = start.elapsed().as_millis() as u64;
+        tracing::debug!(chunk = index, object = %path, offset = first, bytes = expected, ms, "ranged GET");
+        match result {
             Ok(d) if d.len() as u64 == expected => Ok(Some(d)),
             Ok(d) => Err(DeviceError::io(format!("GET {path}: {} bytes, expected {expected}", d.len()))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -208,8 +212,10 @@ impl Store {
     /// Stores a whole chunk; returns once the store acknowledged it.
     pub(crate) async fn put_chunk(&self, index: u64, data: Bytes) -> Result<(), DeviceError> {
         let path = self.chunk_path(index);
-        tracing::debug!(chunk = index, object = %path, bytes = data.len(), "PUT");
-        self.inner.put(&path, PutPayload::from(data)).await.map(drop).map_err(|e| io_error("PUT", &path, e))
+        let (bytes, start) = (data.len(), std::time::Instant::now());
+        self.inner.put(&path, PutPayload::from(data)).await.map_err(|e| io_error("PUT", &path, e))?;
+        tracing::debug!(chunk = index, object = %path, bytes, ms = start.elapsed().as_millis() as u64, "PUT");
+        Ok(())
     }
 
     /// Deletes a chunk object (absent is fine).

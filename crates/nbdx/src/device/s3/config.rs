@@ -168,6 +168,61 @@ impl S3Config {
     }
 }
 
+impl fmt::Display for S3Config {
+    /// The canonical source text: parameters that differ from the defaults, in a fixed
+    /// order; it parses back to the same configuration.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", encode(&self.bucket, "-._~"), encode(&self.prefix, "-._~/"))?;
+        let mut params: Vec<(&str, String)> = Vec::new();
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let defaults = Self::new("", "");
+        if let Some(e) = &self.endpoint {
+            params.push(("endpoint", encode(e, "-._~:/")));
+        }
+        if let Some(r) = &self.region {
+            params.push(("region", encode(r, "-._~")));
+        }
+        if let Some(size) = self.size {
+            params.push(("size", size.to_string()));
+        }
+        if let Some(size) = self.object_size {
+            params.push(("object-size", size.to_string()));
+        }
+        let numbers = [
+            ("cache-size", self.cache_size, defaults.cache_size),
+            ("concurrency", self.concurrency as u64, defaults.concurrency as u64),
+            ("read-ahead", self.read_ahead as u64, defaults.read_ahead as u64),
+        ];
+        params.extend(numbers.iter().filter(|(_, v, d)| v != d).map(|(k, v, _)| (*k, v.to_string())));
+        if self.read_only {
+            params.push(("read-only", "true".into()));
+        }
+        let durations = [
+            ("lease-timeout", self.lease_timeout, defaults.lease_timeout),
+            ("lease-settle", self.lease_settle, defaults.lease_settle),
+            ("retry-timeout", self.retry_timeout, defaults.retry_timeout),
+        ];
+        params.extend(durations.iter().filter(|(_, v, d)| v != d).map(|(k, v, _)| (*k, ms(*v))));
+        for (i, (key, value)) in params.iter().enumerate() {
+            write!(f, "{}{key}={value}", if i == 0 { '?' } else { '&' })?;
+        }
+        Ok(())
+    }
+}
+
+/// Percent-encodes every byte but ASCII alphanumerics and `keep`.
+fn encode(s: &str, keep: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || keep.as_bytes().contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Parses `512`, `4k`, `4K`, `4KiB`, `1M`, `2G`, `1T` (powers of 1024).
 pub fn parse_size(key: &str, value: &str) -> Result<u64, ConfigError> {
     let bad = || err(format!("{key}={value}: expected a size like 4M, 10G or a number of bytes"));
@@ -249,6 +304,21 @@ mod tests {
         assert_eq!(c.lease_timeout, Duration::from_millis(500));
         assert_eq!(c.lease_settle, Duration::from_millis(200));
         assert_eq!(c.retry_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_canonical_text_parses_back_to_the_same_configuration() {
+        for text in [
+            "s3://b",
+            "s3://disks/vm%201/r%3Fo%26t?endpoint=http://127.0.0.1:3900&region=garage&size=1G",
+            "s3://b/p?object-size=1M&cache-size=64M&concurrency=8&read-ahead=0&read-only\
+             &lease-timeout=2s&lease-settle=0.25&retry-timeout=500ms",
+        ] {
+            let c = S3Config::parse(text).unwrap();
+            let again = S3Config::parse(&c.to_string()).unwrap();
+            assert_eq!(again, c, "{text} -> {c}");
+        }
+        assert_eq!(S3Config::parse("s3://b/p?size=4096").unwrap().to_string(), "s3://b/p?size=4096");
     }
 
     #[test]

@@ -30,12 +30,17 @@
 //! **Memory bound.** Chunk buffers (dirty or cached) never exceed `cache-size` (default
 //! 256 MiB, at least two chunks), plus, transiently: one copy per chunk rewritten while its
 //! PUT is in flight (at most `concurrency` chunks), and ranged-GET replies (at most
-//! `concurrency` × the request size). Writers that need a buffer when all are dirty wait
-//! for write-back (back-pressure). The allocation bitmap costs one bit per chunk.
+//! `concurrency` × 256 KiB, or the request size if larger). Writers that need a buffer when
+//! all are dirty wait for write-back (back-pressure), at most twice `retry-timeout`, then
+//! fail with `NBD_EIO`. The allocation bitmap costs one bit per chunk (32 KiB per TiB at
+//! 4 MiB objects). So with the defaults: about 256 MiB + 32 × 4 MiB worst case.
 //!
-//! **Concurrency.** At most `concurrency` (default 32) store requests are in flight; a
-//! large or sequential read fetches whole chunks and reads `read-ahead` (default 8) chunks
-//! ahead; small random reads use ranged GETs of just the bytes asked for.
+//! **Concurrency and reads.** At most `concurrency` (default 32) store requests are in
+//! flight. A large (≥ 64 KiB) or sequential read fetches whole chunks into the clean cache
+//! and reads `read-ahead` (default 8) chunks ahead. A small random read is served from the
+//! cache, or fetches its whole chunk while the cache has free room, or else makes a ranged
+//! GET of the aligned 256 KiB window around it (no 4 MiB GET per 4 KiB read). Clean chunks
+//! are evicted least recently cached first; dirty ones only by write-back.
 //!
 //! **One writer.** A read-write open takes the lease ([`lease`]); a second read-write open
 //! of the same prefix fails with [`S3Error::Leased`] naming the holder and expiry;

@@ -259,3 +259,17 @@ fn extended_chunks_must_echo_the_request_offset() {
     let (h, _) = chunk(mode, 1, 4096, &ChunkPayload::None, true);
     assert!(p.chunk_payload(&h).is_err());
 }
+
+#[test]
+fn simple_replies_follow_the_rules_of_the_negotiated_mode() {
+    let req = |cmd, mode| PendingReply::new(cmd, 0, 512, CmdFlags::empty(), mode, &[1]);
+    assert_eq!(req(Cmd::READ, ReplyMode::Simple).simple(0).unwrap(), Ok(()));
+    let e = req(Cmd::WRITE, ReplyMode::Simple).simple(99).unwrap().unwrap_err();
+    assert_eq!(e.errno, Errno::EINVAL, "unknown error values are treated as NBD_EINVAL");
+    assert_eq!(req(Cmd::FLUSH, ReplyMode::Structured).simple(0).unwrap(), Ok(()));
+    assert!(req(Cmd::BLOCK_STATUS, ReplyMode::Structured).simple(Errno::EINVAL.0).unwrap().is_err());
+    assert!(req(Cmd::READ, ReplyMode::Structured).simple(0).is_err());
+    assert!(req(Cmd::READ, ReplyMode::Structured).simple(Errno::EIO.0).is_err());
+    assert!(req(Cmd::BLOCK_STATUS, ReplyMode::Structured).simple(0).is_err());
+    assert!(req(Cmd::FLUSH, ReplyMode::Extended).simple(0).is_err());
+}

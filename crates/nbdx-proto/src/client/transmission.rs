@@ -86,13 +86,31 @@ impl PendingReply {
         }
     }
 
-    /// A simple reply arrived. For a successful read, the caller then reads
-    /// `length` data bytes.
-    pub fn simple(&self, error: u32) -> Result<(), ReplyError> {
+    /// A simple reply arrived: the request's result. For a successful read
+    /// in [`ReplyMode::Simple`], the caller then reads `length` data bytes.
+    ///
+    /// "If structured replies have been negotiated, a simple reply MAY be
+    /// used as a reply to any request other than `NBD_CMD_READ`, but only if
+    /// the reply has no data payload. If extended headers have been
+    /// negotiated, a simple reply MUST NOT be used." A successful
+    /// `NBD_CMD_BLOCK_STATUS` "MUST be sent via reply chunks". Breaking
+    /// these rules is a protocol error.
+    pub fn simple(&self, error: u32) -> Result<Result<(), ReplyError>, ProtocolError> {
+        match self.mode {
+            ReplyMode::Simple => {}
+            ReplyMode::Extended => return Err(ProtocolError::Violation("simple reply after extended headers")),
+            ReplyMode::Structured if self.cmd == Cmd::READ => {
+                return Err(ProtocolError::Violation("simple reply to NBD_CMD_READ with structured replies"))
+            }
+            ReplyMode::Structured if self.cmd == Cmd::BLOCK_STATUS && error == 0 => {
+                return Err(ProtocolError::Violation("successful NBD_CMD_BLOCK_STATUS without reply chunks"))
+            }
+            ReplyMode::Structured => {}
+        }
         if error == 0 {
-            Ok(())
+            Ok(Ok(()))
         } else {
-            Err(ReplyError { errno: Errno(error).normalize(), message: String::new(), offset: None })
+            Ok(Err(ReplyError { errno: Errno(error).normalize(), message: String::new(), offset: None }))
         }
     }
 

@@ -13,13 +13,23 @@
 //! not assume any ordering between in-flight requests.
 
 use async_trait::async_trait;
-use nbdx_proto::{AllocationFlags, BlockSize};
+use nbdx_proto::{AllocationFlags, BlockSize, Errno};
 
+mod blocking;
+#[cfg(test)]
+pub(crate) mod conformance;
 mod error;
+mod file;
+mod memory;
+mod null;
 #[cfg(feature = "s3")]
 pub mod s3;
 
+pub use blocking::run_blocking;
 pub use error::{DeviceError, DeviceResult};
+pub use file::FileDevice;
+pub use memory::MemoryDevice;
+pub use null::NullDevice;
 
 /// How well a device supports an optional feature (nbdkit's
 /// `NBDKIT_FUA_NONE/EMULATE/NATIVE` and `NBDKIT_ZERO_*`, `NBDKIT_CACHE_*`).
@@ -70,6 +80,11 @@ pub struct Caps {
     pub extents: bool,
     /// Size constraints the server advertises and enforces.
     pub block_size: BlockSize,
+    /// Operations finish without waiting for I/O (an in-memory device): the
+    /// server runs them on the connection's reader instead of spawning a
+    /// task per request, which saves a task hand-off per request. Devices
+    /// whose operations block or wait must leave this `false`.
+    pub immediate: bool,
 }
 
 impl Default for Caps {
@@ -87,6 +102,7 @@ impl Default for Caps {
             rotational: false,
             extents: false,
             block_size: BlockSize::default(),
+            immediate: false,
         }
     }
 }
@@ -110,6 +126,16 @@ pub struct Extent {
     pub length: u64,
     /// `NBD_STATE_HOLE` / `NBD_STATE_ZERO`.
     pub flags: AllocationFlags,
+}
+
+/// Fails with `beyond` unless `offset..offset + length` lies within a device
+/// of `size` bytes. The server validates requests first; devices check again
+/// so that a direct caller gets an error, never a panic.
+pub(crate) fn check_range(size: u64, offset: u64, length: u64, beyond: Errno) -> DeviceResult<()> {
+    match offset.checked_add(length) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(DeviceError::new(beyond, format!("range {offset}+{length} is beyond the device size {size}"))),
+    }
 }
 
 /// A block device to serve. See the [module docs](self).

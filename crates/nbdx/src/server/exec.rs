@@ -35,7 +35,12 @@ impl Executor {
             Err(e) => {
                 tracing::debug!(cookie = header.cookie, cmd = %header.cmd, error = %e, "request failed");
                 out.clear();
-                self.ctx.encode_error(&header, e.errno(), e.message(), &mut out);
+                // "The server SHOULD NOT return NBD_ENOTSUP except as
+                // documented in response to NBD_CMD_WRITE_ZEROES when
+                // NBD_CMD_FLAG_FAST_ZERO is supported."
+                let fast_zero = matches!(cmd, Command::WriteZeroes { fast: true, .. });
+                let errno = if e.errno() == Errno::ENOTSUP && !fast_zero { Errno::EINVAL } else { e.errno() };
+                self.ctx.encode_error(&header, errno, e.message(), &mut out);
                 Reply::header(out)
             }
         }

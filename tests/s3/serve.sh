@@ -1,7 +1,7 @@
 # tests/s3/serve.sh: sourced helpers to run an NBD server on an s3:// source over a Unix socket.
 #
 # The server is target/release/nbdx (`nbdx serve -U SOCKET SOURCE`), or $NBDX_BIN; when that
-# is missing, the s3_serve example (target/release/examples/s3_serve SOCKET SOURCE), which
+# is missing or built without s3:// sources, the s3_serve example (target/release/examples/s3_serve SOCKET SOURCE), which
 # `cargo build --release -p nbdx --features s3 --example s3_serve` builds.
 #
 #   s3_server_command            sets S3_SERVER (array) or returns 1 with a reason in S3_SKIP
@@ -16,14 +16,22 @@ s3_server_command() {
     root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
     nbdx=${NBDX_BIN:-$root/target/release/nbdx}
     example=$root/target/release/examples/s3_serve
-    if [ -x "$nbdx" ]; then
+    if [ -x "$nbdx" ] && s3_cli_has_s3 "$nbdx"; then
         S3_SERVER=("$nbdx" serve -U)
     elif [ -x "$example" ]; then
         S3_SERVER=("$example")
     else
-        S3_SKIP="no $nbdx (the CLI with s3:// sources) and no $example"
+        S3_SKIP="no $nbdx with s3:// sources (the CLI's feature s3) and no $example"
         return 1
     fi
+}
+
+# Whether NBDX accepts s3:// sources (an unreachable endpoint fails at once either way).
+s3_cli_has_s3() {
+    local out
+    out=$(timeout 30 "$1" serve -U "${TMPDIR:-/tmp}/nbdx-s3-probe.$$" \
+        "s3://probe/p?endpoint=http://127.0.0.1:9&retry-timeout=0" 2>&1 </dev/null) && return 1
+    ! grep -qi "unknown source\|s3://.*not supported" <<<"$out"
 }
 
 s3_source() {

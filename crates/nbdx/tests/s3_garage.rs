@@ -8,6 +8,7 @@ use std::sync::Arc;
 use nbdx::device::s3::S3Device;
 use nbdx::device::{Device, ZeroFlags};
 use nbdx::proto::AllocationFlags;
+use nbdx::source::Source;
 use s3_support::{config, fresh_reader, pattern, stored_chunks, unique_prefix, OBJECT_SIZE, SIZE};
 
 const OS: u64 = OBJECT_SIZE;
@@ -40,6 +41,23 @@ async fn data_written_and_flushed_reads_back_from_the_store_through_a_fresh_devi
     let mut big = vec![0; (4 * OS) as usize];
     reader.read(0, &mut big).await.unwrap();
     assert!(big[100..5100] == pattern(0, 100, 5000)[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_source_opens_through_source_both_async_and_blocking() {
+    let prefix = unique_prefix("source");
+    let Some(cfg) = config(&prefix) else { return };
+    let source = Source::parse(&cfg.to_string()).unwrap();
+    let dev = source.open_async(false).await.unwrap();
+    assert_eq!((dev.size(), dev.caps().read_only), (SIZE, false));
+    dev.write(OS + 1, &[5; 100], true).await.unwrap();
+    // The blocking open works on this runtime too; read-only takes no lease.
+    let reader = tokio::task::spawn_blocking(move || source.open(true)).await.unwrap();
+    let reader = reader.unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = [0; 100];
+    reader.read(OS + 1, &mut buf).await.unwrap();
+    assert_eq!(buf, [5; 100]);
+    assert!(reader.caps().read_only);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

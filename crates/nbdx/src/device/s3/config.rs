@@ -26,7 +26,7 @@ const CREDENTIAL_PARAMS: &[&str] =
     &["access-key", "access-key-id", "secret-key", "secret-access-key", "session-token", "token", "password"];
 
 /// A parsed `s3://` source. Build one with [`S3Config::parse`] or field by field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct S3Config {
     /// Bucket name.
     pub bucket: String,
@@ -319,6 +319,24 @@ mod tests {
             assert_eq!(again, c, "{text} -> {c}");
         }
         assert_eq!(S3Config::parse("s3://b/p?size=4096").unwrap().to_string(), "s3://b/p?size=4096");
+    }
+
+    #[test]
+    fn an_s3_source_parses_into_its_config_and_prints_back() {
+        use crate::source::{Source, SourceError};
+        let text = "s3://b/disk?endpoint=http://127.0.0.1:3900&region=garage&size=1G";
+        let source = Source::parse(text).unwrap();
+        assert_eq!(source, Source::S3(Box::new(S3Config::parse(text).unwrap())));
+        assert_eq!(Source::parse(&source.to_string()).unwrap(), source);
+        let refused = Source::parse("s3://b/p?secret-key=x").unwrap_err();
+        assert!(matches!(refused, SourceError::S3(_)) && refused.to_string().contains("AWS_SECRET_ACCESS_KEY"));
+    }
+
+    #[test]
+    fn opening_an_s3_source_outside_a_runtime_says_why_it_cannot() {
+        let source = crate::source::Source::parse("s3://b/p?endpoint=http://127.0.0.1:9").unwrap();
+        let e = source.open(false).err().expect("no runtime").to_string();
+        assert!(e.contains("tokio runtime"), "{e}");
     }
 
     #[test]

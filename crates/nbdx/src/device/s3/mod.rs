@@ -54,6 +54,8 @@ mod io;
 mod lease;
 mod manifest;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -96,16 +98,28 @@ impl S3Device {
 
     /// [`S3Device::open`] with credentials given by the program.
     pub async fn open_with_credentials(config: S3Config, credentials: S3Credentials) -> Result<Self, S3Error> {
-        let name = config.display_name();
-        let mut store = Store::connect(&config, credentials)?;
+        let store = Store::connect(&config, credentials)?;
         let endpoint = config
             .endpoint
             .clone()
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
             .unwrap_or_else(|| "AWS S3".into());
+        Self::open_store(store, config, &endpoint).await
+    }
+
+    /// Opens the disk under `config.prefix` in any [`ObjectStore`] (in memory, local files,
+    /// GCS, Azure, …); `config.bucket` only names it in messages, and the endpoint, region
+    /// and credentials parameters are not used.
+    pub async fn open_object_store(store: Arc<dyn ObjectStore>, config: S3Config) -> Result<Self, S3Error> {
+        let name = store.to_string();
+        Self::open_store(Store::with_store(store, &config.prefix), config, &name).await
+    }
+
+    async fn open_store(mut store: Store, config: S3Config, endpoint: &str) -> Result<Self, S3Error> {
+        let name = config.display_name();
         let what = format!("cannot open {name}");
         let root = store.path("");
-        store.inner().list_with_delimiter(Some(&root)).await.map_err(|e| S3Error::from_probe(&e, &what, &endpoint))?;
+        store.inner().list_with_delimiter(Some(&root)).await.map_err(|e| S3Error::from_probe(&e, &what, endpoint))?;
         let existing = manifest::read(&store, &config).await?;
         match (&existing, config.read_only, config.size) {
             (Some(_), ..) => {}

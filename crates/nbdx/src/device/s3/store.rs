@@ -128,8 +128,13 @@ impl Store {
             .with_client_options(client)
             .build()
             .map_err(|e| S3Error::Store(format!("cannot configure the S3 client: {e}")))?;
-        let prefix = if config.prefix.is_empty() { String::new() } else { format!("{}/", config.prefix) };
-        Ok(Self { inner: Arc::new(inner), prefix, object_size: 0 })
+        Ok(Self::with_store(Arc::new(inner), &config.prefix))
+    }
+
+    /// The disk under `prefix` in any object store.
+    pub(crate) fn with_store(inner: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+        Self { inner, prefix, object_size: 0 }
     }
 
     pub(crate) fn set_object_size(&mut self, object_size: u64) {

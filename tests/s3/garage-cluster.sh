@@ -123,7 +123,7 @@ cmd_start() {
     local key_id secret_key
     key_id=$(awk -F': *' '/^Key ID/ {print $2}' <<<"$key")
     secret_key=$(awk -F': *' '/^Secret key/ {print $2}' <<<"$key")
-    [ -n "$key_id" ] && [ -n "$secret_key" ] || die "could not read the key from: $key"
+    if [ -z "$key_id" ] || [ -z "$secret_key" ]; then die "could not read the key from: $key"; fi
     wait_for "bucket creation" gar 1 bucket create "$BUCKET"
     gar 1 bucket allow --read --write --owner "$BUCKET" --key nbdx-test >/dev/null
     cat >"$DIR/env" <<EOF

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/s3/serve.sh: sourced helpers to run an NBD server on an s3:// source over a Unix socket.
 #
 # The server is target/release/nbdx (`nbdx serve -U SOCKET SOURCE`), or $NBDX_BIN; when that
@@ -21,6 +22,7 @@ s3_server_command() {
     elif [ -x "$example" ]; then
         S3_SERVER=("$example")
     else
+        # shellcheck disable=SC2034 # read by the scripts that source this file
         S3_SKIP="no $nbdx with s3:// sources (the CLI's feature s3) and no $example"
         return 1
     fi

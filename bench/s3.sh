@@ -6,7 +6,8 @@
 #   out    nbdcopy the export to null: from a freshly started server (so from the store)
 #   rand   4 KiB random reads at queue depth 8 for RAND_SECONDS (bench/s3_randread.py),
 #          from another freshly started server
-# plus the store's own PUT/GET rate for 4 MiB objects at 32 in flight (s3_rawbench).
+# plus the store's own PUT/GET rate for 4 MiB objects at 32 in flight (s3_rawbench), measured
+# in each nbdx run (the machine is shared: rates drift from minute to minute).
 # Prints medians and ratios and writes them to bench/results/s3.md.
 #
 # Environment: NBDX_BENCH_MIB (default 512), NBDX_BENCH_RUNS (3), NBDX_BENCH_RAND_SECONDS (10),
@@ -99,7 +100,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 
 declare -A RESULT
 bench_server() {
-    local kind=$1 run prefix t ins=() outs=() rands=() smalls=()
+    local kind=$1 run prefix t raw ins=() outs=() rands=() smalls=() puts=() gets=()
     for run in $(seq "$RUNS"); do
         prefix=nbdx-bench/$kind-$(date +%s%N)
         start_server "$kind" "$prefix" create
@@ -110,6 +111,12 @@ bench_server() {
         t=$(timed nbdcopy --request-size="$REQUEST" "nbd+unix:///?socket=$SOCK" null:) || exit 1
         stop_server
         outs+=("$(calc "$MIB / $t")")
+        if [ "$kind" = nbdx ]; then
+            # The store's own rate, measured next to each run: the machine's load varies.
+            raw=$(target/release/examples/s3_rawbench "$NBDX_S3_ENDPOINT" "$NBDX_S3_BUCKET" "$AWS_REGION" "$MIB" 4 32)
+            puts+=("$(sed 's/.*put_mib_s=\([0-9.]*\).*/\1/' <<<"$raw")")
+            gets+=("$(sed 's/.*get_mib_s=\([0-9.]*\).*/\1/' <<<"$raw")")
+        fi
         start_server "$kind" "$prefix" open
         t=$($PY bench/s3_randread.py "$SOCK" "$RAND_SECONDS" 8) || exit 1
         rands+=("${t#iops=}")
@@ -121,21 +128,25 @@ bench_server() {
             smalls+=("${t#iops=}")
             stop_server
         fi
-        say "$kind run $run: in $(printf %.1f "${ins[-1]}") MiB/s, out $(printf %.1f "${outs[-1]}") MiB/s, rand ${rands[-1]} IOPS"
+        say "$kind run $run: in $(printf %.1f "${ins[-1]}") MiB/s, out $(printf %.1f "${outs[-1]}") MiB/s," \
+            "rand ${rands[-1]} IOPS${raw:+, store $raw}"
     done
     RESULT[$kind-in]=$(printf '%s\n' "${ins[@]}" | median)
     RESULT[$kind-out]=$(printf '%s\n' "${outs[@]}" | median)
     RESULT[$kind-rand]=$(printf '%s\n' "${rands[@]}" | median)
-    [ "$kind" = nbdx ] && RESULT[nbdx-small]=$(printf '%s\n' "${smalls[@]}" | median)
+    if [ "$kind" = nbdx ]; then
+        RESULT[nbdx-small]=$(printf '%s\n' "${smalls[@]}" | median)
+        RESULT[raw-put]=$(printf '%s\n' "${puts[@]}" | median)
+        RESULT[raw-get]=$(printf '%s\n' "${gets[@]}" | median)
+    fi
     return 0
 }
 
 LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 bench_server nbdx
 bench_server nbdkit
-raw=$(target/release/examples/s3_rawbench "$NBDX_S3_ENDPOINT" "$NBDX_S3_BUCKET" "$AWS_REGION" "$MIB" 4 32)
-RAW_PUT=$(sed 's/.*put_mib_s=\([0-9.]*\).*/\1/' <<<"$raw")
-RAW_GET=$(sed 's/.*get_mib_s=\([0-9.]*\).*/\1/' <<<"$raw")
+RAW_PUT=${RESULT[raw-put]}
+RAW_GET=${RESULT[raw-get]}
 
 # ---------------------------------------------------------------- report --
 f1() { printf %.1f "$1"; }
@@ -158,7 +169,7 @@ mkdir -p "$(dirname "$OUT")"
         "32 requests in flight, read-ahead 8); nbdcopy --request-size=$REQUEST;" \
         "2 cores shared by the 3 Garage nodes, the server and the client;" \
         "$(nbdkit --version | head -1) (S3 plugin through bench/nbdkit_s3_shim.py), garage $(${NBDX_GARAGE_BIN:-$HOME/.cache/nbdx/garage/bin/garage} --version 2>/dev/null | awk '{print $2}');" \
-        "store raw: object_store, 4 MiB objects, 32 in flight. Measured $(date -u +%Y-%m-%d)," \
+        "store raw: object_store, 4 MiB objects, 32 in flight, measured after each nbdx run. Measured $(date -u +%Y-%m-%d)," \
         "load average $LOAD_START at the start, $(cut -d' ' -f1 /proc/loadavg) at the end."
 } >"$OUT"
 cat "$OUT"

@@ -44,6 +44,25 @@ async fn a_second_read_write_open_is_refused_naming_the_holder_while_read_only_o
     S3Device::open(cfg).await.expect("open after release").close().await.unwrap();
 }
 
+#[test]
+fn a_device_dropped_after_its_runtime_releases_the_lease_so_a_restart_need_not_wait() {
+    let prefix = unique_prefix("restart");
+    let Some(cfg) = config(&prefix) else { return };
+    let runtime = || tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // As a server would: open and write on its runtime, shut the runtime down, then drop.
+    let first = runtime();
+    let dev = first.block_on(async {
+        let dev = S3Device::open(cfg.clone()).await.unwrap();
+        dev.write(0, &[4; 4096], true).await.unwrap();
+        dev
+    });
+    drop(first);
+    drop(dev);
+    let second = runtime();
+    let again = second.block_on(S3Device::open(cfg));
+    assert!(again.is_ok(), "the restarted writer was refused: {}", again.err().unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_of_a_crashed_holder_is_taken_over_once_it_expires() {
     let prefix = unique_prefix("expiry");

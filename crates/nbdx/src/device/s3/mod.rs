@@ -208,20 +208,38 @@ impl S3Device {
 }
 
 impl Drop for S3Device {
+    /// Stops background work and releases the lease, so that the next read-write open need
+    /// not wait for it to expire: on a multi-threaded runtime the worker waits for the
+    /// DELETE (at most [`RELEASE_TIMEOUT`]), on a current-thread runtime it is spawned, and
+    /// outside any runtime (a device dropped after its runtime) a small runtime makes it.
     fn drop(&mut self) {
+        use tokio::runtime::{Builder, Handle, RuntimeFlavor};
         self.stop.cancel();
         let dirty = cache::lock(&self.chunks.dirty).len();
         if dirty > 0 {
             tracing::warn!("{}: closed with {dirty} chunks not stored (no flush)", self.name);
         }
-        let held = self.chunks.lease.as_ref().is_some_and(|l| l.is_held());
-        if let (Ok(handle), true) = (tokio::runtime::Handle::try_current(), held) {
-            let chunks = self.chunks.clone();
-            handle.spawn(async move {
-                if let Some(lease) = &chunks.lease {
-                    lease.release().await;
-                }
-            });
+        if !self.chunks.lease.as_ref().is_some_and(|l| l.is_held()) {
+            return;
+        }
+        let chunks = self.chunks.clone();
+        let release = async move {
+            if let Some(lease) = &chunks.lease {
+                let _ = tokio::time::timeout(RELEASE_TIMEOUT, lease.release()).await;
+            }
+        };
+        match Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| handle.block_on(release));
+            }
+            Ok(handle) => drop(handle.spawn(release)),
+            Err(_) => match Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(release),
+                Err(e) => tracing::warn!("{}: cannot release the lease: {e}", self.name),
+            },
         }
     }
 }
+
+/// How long dropping a device waits for its lease to be released.
+pub const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -147,3 +147,30 @@ async fn a_holder_whose_lease_was_taken_over_refuses_writes() {
     }
     drop(dev);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_device_releases_its_lease_for_the_next_writer() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let c = config(); // a 30 s lease: the next open must not wait for it to expire
+    let dev = open(&store, &c).await;
+    dev.write(0, &[7; 512], true).await.unwrap();
+    drop(dev);
+    let again = open(&store, &c).await;
+    let mut buf = [0; 512];
+    again.read(0, &mut buf).await.unwrap();
+    assert_eq!(buf, [7; 512]);
+}
+
+#[test]
+fn a_device_dropped_after_its_runtime_still_releases_its_lease() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let c = config();
+    let runtime = || tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let first = runtime();
+    let dev = first.block_on(open(&store, &c));
+    drop(first);
+    drop(dev);
+    let second = runtime();
+    let again = second.block_on(S3Device::open_object_store(store.clone(), c.clone()));
+    assert!(again.is_ok(), "{:?}", again.err());
+}

@@ -74,7 +74,7 @@ fn parse_export(s: &str) -> Result<(String, Source), String> {
 
 /// The exports `args` describe, the first being the default, each with
 /// the `--layer` stack on its device.
-fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
+async fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
     let mut specs: Vec<(String, Source)> = Vec::new();
     if args.source.is_some() || args.exports.is_empty() {
         specs.push((args.export_name.clone().unwrap_or_default(), args.source.clone().unwrap_or_default()));
@@ -85,7 +85,7 @@ fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
     }
     let mut out = Vec::with_capacity(specs.len());
     for (name, source) in specs {
-        let device = args.layers.open(&source, args.read_only)?;
+        let device = args.layers.open(&source, args.read_only).await?;
         let mut export = Export::from_arc(name, device).with_read_only(args.read_only);
         if let Some(d) = &args.description {
             export = export.with_description(d.clone());
@@ -96,14 +96,15 @@ fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
 }
 
 /// The server `args` describe.
-fn build_server(args: &ServeArgs) -> CliResult<Server> {
+async fn build_server(args: &ServeArgs) -> CliResult<Server> {
     let options = args.limits.apply(ServerOptions {
         // "-e NAME: only that name is served"; with --export the first
         // export is also the default.
         default_export: args.export_name.is_none() || !args.exports.is_empty(),
         ..ServerOptions::default()
     });
-    exports(args)?
+    exports(args)
+        .await?
         .into_iter()
         .fold(Server::builder(), |b, e| b.export(e))
         .options(options)
@@ -121,8 +122,9 @@ pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    let server = build_server(&args)?;
     let rt = runtime()?;
+    // Devices open inside the runtime: some (s3://) talk to the network.
+    let server = rt.block_on(build_server(&args))?;
     if args.ops.single {
         let served = rt.block_on(single::serve(&server, &args, parent));
         // A read of stdin may still be blocked in a thread that cannot be

@@ -14,6 +14,7 @@ mod export;
 pub mod layer;
 pub mod server;
 pub mod source;
+pub mod tls;
 pub mod uri;
 
 pub use device::{FileDevice, MemoryDevice, NullDevice};

@@ -105,7 +105,8 @@ async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Reply]) -> io::R
         }
         IoSlice::advance_slices(&mut rest, n);
     }
-    Ok(())
+    // A socket has nothing to flush; TLS may hold records back until asked.
+    w.flush().await
 }
 
 #[cfg(test)]

@@ -1,0 +1,81 @@
+//! TLS end to end, in process: nbdx client and server over rustls with
+//! certificates made at test time, the STARTTLS injection attack, and the
+//! userspace proxy the kernel hand-over uses.
+
+#[path = "tls/injection.rs"]
+mod injection;
+#[path = "tls/pki.rs"]
+mod pki;
+#[path = "tls/proxy.rs"]
+mod proxy;
+#[path = "tls/sessions.rs"]
+mod sessions;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nbdx::client::{Client, ClientResult};
+use nbdx::server::Server;
+use nbdx::tls::{TlsMode, TlsServerConfig};
+use nbdx::{Export, MemoryDevice};
+
+/// Every test ends within this, or fails.
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f).await.expect("test took longer than 30 s")
+}
+
+/// A server on a Unix socket in a temporary directory.
+struct Running {
+    server: Server,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Exports named `names`, 8 MiB RAM disks each; `tls_only` are TLS-only.
+fn exports(names: &[&str], tls_only: &[&str]) -> Vec<Export> {
+    names.iter().map(|n| Export::new(*n, MemoryDevice::new(8 << 20)).with_tls_only(tls_only.contains(n))).collect()
+}
+
+/// Serves `exports` with TLS `mode`, credentials from `certs` (none for
+/// `TlsMode::Off`).
+fn serve(mode: TlsMode, certs: Option<(&Path, bool)>, exports: Vec<Export>) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    let mut builder = exports.into_iter().fold(Server::builder(), |b, e| b.export(e));
+    if let Some((certs, verify_peer)) = certs {
+        builder = builder.tls(mode, Arc::new(TlsServerConfig::from_dir(certs, verify_peer).unwrap()));
+    }
+    let server = builder.build().unwrap();
+    tokio::spawn({
+        let server = server.clone();
+        async move { server.serve(listener).await }
+    });
+    Running { server, socket, _dir: dir }
+}
+
+impl Running {
+    /// `scheme://` URI of `export` with extra query parameters.
+    fn uri(&self, scheme: &str, export: &str, params: &str) -> String {
+        let sep = if params.is_empty() { "" } else { "&" };
+        format!("{scheme}:///{export}?socket={}{sep}{params}", self.socket.display())
+    }
+
+    /// An `nbds+unix://` URI of `export` trusting the CA in `client_dir`.
+    fn nbds(&self, export: &str, client_dir: &Path) -> String {
+        self.uri("nbds+unix", export, &format!("tls-certificates={}", client_dir.display()))
+    }
+}
+
+/// Writes a pattern, reads it back, and disconnects.
+async fn round_trip(client: ClientResult<Client>) {
+    let c = client.expect("connect");
+    let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    c.write(4096, &data, false).await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    c.read(4096, &mut back).await.unwrap();
+    assert!(back == data, "read back what was written");
+    c.disconnect().await;
+}

@@ -148,7 +148,7 @@ async fn starttls_forgets_structured_replies_negotiated_in_plaintext() {
         while reply(&mut t).await.1 != RepType::ACK {}
         let mut read = REQUEST_MAGIC.to_be_bytes().to_vec();
         read.extend(0u16.to_be_bytes());
-        read.extend((Cmd::READ.0 as u16).to_be_bytes());
+        read.extend(Cmd::READ.0.to_be_bytes());
         read.extend(7u64.to_be_bytes());
         read.extend(0u64.to_be_bytes());
         read.extend(512u32.to_be_bytes());

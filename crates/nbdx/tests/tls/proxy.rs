@@ -19,7 +19,7 @@ use super::{bounded, exports, serve, Running};
 fn request(cmd: Cmd, cookie: u64, offset: u64, len: u32, data: &[u8]) -> Vec<u8> {
     let mut b = REQUEST_MAGIC.to_be_bytes().to_vec();
     b.extend(0u16.to_be_bytes());
-    b.extend((cmd.0 as u16).to_be_bytes());
+    b.extend(cmd.0.to_be_bytes());
     b.extend(cookie.to_be_bytes());
     b.extend(offset.to_be_bytes());
     b.extend(len.to_be_bytes());

@@ -27,9 +27,10 @@ cd "$ROOT"
 # Debian's python3-libnbd belongs to the system python; another python3 may come first on PATH.
 readonly PY=/usr/bin/python3
 readonly ALL_SUITES=(lint unit interop vm)
-# Debian packages the suites use, and a command (or python module) that proves each is there.
-readonly APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils nbd-server nbd-client python3)
-readonly COMMANDS=(nbdkit nbdinfo nbdcopy nbdsh qemu-img qemu-io qemu-nbd nbd-server nbd-client)
+# Debian packages the suites use, and a command (or python module) that proves each is there
+# (gnutls-bin: certtool makes the TLS cases' certificates).
+readonly APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils nbd-server nbd-client python3 gnutls-bin)
+readonly COMMANDS=(nbdkit nbdinfo nbdcopy nbdsh qemu-img qemu-io qemu-nbd nbd-server nbd-client certtool)
 # Time limits (seconds) so that a hang cannot eat CI's 90 minutes.
 readonly LIMIT_BUILD=1800 LIMIT_LINT=900 LIMIT_UNIT=1200 LIMIT_INTEROP=900 LIMIT_VM=900
 

@@ -69,6 +69,8 @@ class Server:
     pidfile: str = None
     #: A command line of the case's own (a function of the server), instead of the profile's.
     command: object = None
+    #: TLS settings (cases_tls.Tls: mode, certificate directory, verify_peer, tls_only), or None.
+    tls: object = None
     proc: subprocess.Popen = None
     port: int = 0
     stopped: bool = False

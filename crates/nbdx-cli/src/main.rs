@@ -3,6 +3,7 @@
 //! binary only parses arguments, wires the library up and reports errors.
 
 mod serve;
+mod tls_args;
 mod util;
 
 use std::process::ExitCode;

@@ -9,6 +9,7 @@ use nbdx::server::{Listener, Server, ServerOptions};
 use nbdx::source::Source;
 use nbdx::Export;
 
+use crate::tls_args::{TlsArgs, TlsArgsError};
 use crate::util::{runtime, termination, uri_escape, CliResult};
 
 /// Arguments of `nbdx serve`.
@@ -42,6 +43,8 @@ pub(crate) struct ServeArgs {
     /// Write the process id here once connections are accepted.
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// `--export NAME=SOURCE`.
@@ -60,7 +63,8 @@ fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
     let mut out = Vec::with_capacity(specs.len());
     for (name, source) in specs {
         let device = source.open(args.read_only).map_err(|e| e.to_string())?;
-        let mut export = Export::from_arc(name, device).with_read_only(args.read_only);
+        let tls_only = args.tls.is_tls_only(&name);
+        let mut export = Export::from_arc(name, device).with_read_only(args.read_only).with_tls_only(tls_only);
         if let Some(d) = &args.description {
             export = export.with_description(d.clone());
         }
@@ -85,16 +89,17 @@ fn bind_unix(path: &Path) -> CliResult<Listener> {
 
 /// The URI a client uses to reach the default export.
 fn uri(args: &ServeArgs, name: &str, port: u16) -> String {
+    let scheme = args.tls.scheme(name);
     let name = uri_escape(name);
     match &args.unix {
-        Some(path) => format!("nbd+unix:///{name}?socket={}", uri_escape(&path.to_string_lossy())),
+        Some(path) => format!("{scheme}+unix:///{name}?socket={}", uri_escape(&path.to_string_lossy())),
         None => {
             let host = match args.ip {
                 Some(IpAddr::V6(v6)) => format!("[{v6}]"),
                 Some(ip) if !ip.is_unspecified() => ip.to_string(),
                 _ => "localhost".to_owned(),
             };
-            format!("nbd://{host}:{port}/{name}")
+            format!("{scheme}://{host}:{port}/{name}")
         }
     }
 }
@@ -102,18 +107,26 @@ fn uri(args: &ServeArgs, name: &str, port: u16) -> String {
 pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
     let exports = exports(&args)?;
     let default_name = exports[0].name().to_owned();
+    let names: Vec<&str> = exports.iter().map(Export::name).collect();
+    let tls = match args.tls.acceptor(&names) {
+        Ok(tls) => tls,
+        Err(TlsArgsError::Credentials(e)) => return Err(e),
+        Err(TlsArgsError::Usage(e)) => {
+            eprintln!("nbdx: {e} (see 'nbdx serve --help')");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let options = ServerOptions {
         // "-e NAME: only that name is served"; with --export the first
         // export is also the default.
         default_export: args.export_name.is_none() || !args.exports.is_empty(),
         ..ServerOptions::default()
     };
-    let server = exports
-        .into_iter()
-        .fold(Server::builder(), |b, e| b.export(e))
-        .options(options)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mut builder = exports.into_iter().fold(Server::builder(), |b, e| b.export(e)).options(options);
+    if let Some((mode, acceptor)) = tls {
+        builder = builder.tls(mode, acceptor);
+    }
+    let server = builder.build().map_err(|e| e.to_string())?;
     let rt = runtime()?;
     rt.block_on(async {
         let listener = match &args.unix {

@@ -1,9 +1,12 @@
 //! TLS end to end, in process: nbdx client and server over rustls with
 //! certificates made at test time, the STARTTLS injection attack, and the
-//! userspace proxy the kernel hand-over uses.
+//! userspace proxy the kernel hand-over uses; then the client against
+//! nbdkit and qemu-nbd with TLS.
 
 #[path = "tls/injection.rs"]
 mod injection;
+#[path = "tls/peers.rs"]
+mod peers;
 #[path = "tls/pki.rs"]
 mod pki;
 #[path = "tls/proxy.rs"]

@@ -109,7 +109,7 @@ pub async fn pump(server: Stream, kernel: UnixStream) -> io::Result<ProxyStats> 
             // The kernel is gone: what the server still sends has nowhere
             // to go, so a failed write to the kernel is not an error.
             Ok(()) => match tokio::time::timeout(CLOSE_GRACE, down).await {
-                Ok(Err(e)) if !matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::NotConnected) => Err(e),
+                Ok(Err(e)) if !gone(&e) => Err(e),
                 Ok(_) => Ok(()),
                 Err(_) => {
                     tracing::debug!("server did not close within {CLOSE_GRACE:?} of the kernel");
@@ -138,7 +138,17 @@ where
         tx.flush().await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
     }
-    tx.shutdown().await
+    // The other side may be gone already (the server closes right after
+    // NBD_CMD_DISC): then there is nothing left to close.
+    match tx.shutdown().await {
+        Err(e) if !gone(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `e` only says that the peer has already closed.
+fn gone(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::NotConnected | io::ErrorKind::ConnectionReset)
 }
 
 /// A connected socketpair: (the kernel's end, in blocking mode; ours).

@@ -16,7 +16,7 @@ use super::pki::{client_dir, server_dir, Ca};
 use super::{bounded, exports, serve, Running};
 
 /// A raw request with a compact header.
-fn request(cmd: Cmd, cookie: u64, offset: u64, len: u32, data: &[u8]) -> Vec<u8> {
+pub(crate) fn request(cmd: Cmd, cookie: u64, offset: u64, len: u32, data: &[u8]) -> Vec<u8> {
     let mut b = REQUEST_MAGIC.to_be_bytes().to_vec();
     b.extend(0u16.to_be_bytes());
     b.extend(cmd.0.to_be_bytes());
@@ -28,11 +28,30 @@ fn request(cmd: Cmd, cookie: u64, offset: u64, len: u32, data: &[u8]) -> Vec<u8>
 }
 
 /// Reads a simple reply; returns (error, cookie).
-fn simple_reply(s: &mut UnixStream) -> (u32, u64) {
+pub(crate) fn simple_reply(s: &mut UnixStream) -> (u32, u64) {
     let mut h = [0u8; 16];
     s.read_exact(&mut h).unwrap();
     assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), SIMPLE_REPLY_MAGIC);
     (u32::from_be_bytes(h[4..8].try_into().unwrap()), u64::from_be_bytes(h[8..].try_into().unwrap()))
+}
+
+/// Reads the simple replies to `cookies` in whatever order they come (the
+/// server may complete requests out of order); the reply to `read` (a
+/// cookie and a length) carries data, returned. Every reply must succeed.
+pub(crate) fn replies(s: &mut UnixStream, cookies: &[u64], read: (u64, usize)) -> Vec<u8> {
+    let mut pending = cookies.to_vec();
+    let mut data = Vec::new();
+    while !pending.is_empty() {
+        let (error, cookie) = simple_reply(s);
+        assert_eq!(error, 0, "request {cookie} failed");
+        assert!(pending.contains(&cookie), "unexpected reply to {cookie}");
+        pending.retain(|c| *c != cookie);
+        if cookie == read.0 {
+            data = vec![0u8; read.1];
+            s.read_exact(&mut data).unwrap();
+        }
+    }
+    data
 }
 
 /// Negotiates `nbds+unix://` to `r` for the kernel: (its socket, the proxy).
@@ -56,17 +75,16 @@ async fn raw_nbd_requests_on_the_kernel_socket_reach_a_tls_server_through_the_pr
         let (mut kernel, proxy, _cdir) = attach(&r, &ca).await;
         let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
         let sent = data.clone();
-        // As nbd.ko would: blocking I/O on its socket, several requests in flight.
+        // As nbd.ko would: blocking I/O on its socket, several requests in
+        // flight, and a read of written data only once the write completed
+        // (concurrent requests may run in any order).
         let back = tokio::task::spawn_blocking(move || {
-            let mut out = request(Cmd::WRITE, 1, 1 << 20, sent.len() as u32, &sent);
-            out.extend(request(Cmd::FLUSH, 2, 0, 0, &[]));
+            kernel.write_all(&request(Cmd::WRITE, 1, 1 << 20, sent.len() as u32, &sent)).unwrap();
+            replies(&mut kernel, &[1], (0, 0));
+            let mut out = request(Cmd::FLUSH, 2, 0, 0, &[]);
             out.extend(request(Cmd::READ, 3, 1 << 20, sent.len() as u32, &[]));
             kernel.write_all(&out).unwrap();
-            assert_eq!(simple_reply(&mut kernel), (0, 1), "write");
-            assert_eq!(simple_reply(&mut kernel), (0, 2), "flush");
-            assert_eq!(simple_reply(&mut kernel), (0, 3), "read");
-            let mut back = vec![0u8; sent.len()];
-            kernel.read_exact(&mut back).unwrap();
+            let back = replies(&mut kernel, &[2, 3], (3, sent.len()));
             kernel.write_all(&request(Cmd::DISC, 4, 0, 0, &[])).unwrap();
             kernel.shutdown(std::net::Shutdown::Both).unwrap();
             back

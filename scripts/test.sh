@@ -28,9 +28,11 @@ cd "$ROOT"
 readonly PY=/usr/bin/python3
 readonly ALL_SUITES=(lint unit interop vm)
 # Debian packages the suites use, and a command (or python module) that proves each is there
-# (gnutls-bin: certtool makes the TLS cases' certificates).
-readonly APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils nbd-server nbd-client python3 gnutls-bin)
-readonly COMMANDS=(nbdkit nbdinfo nbdcopy nbdsh qemu-img qemu-io qemu-nbd nbd-server nbd-client certtool)
+# (gnutls-bin: certtool and psktool make the TLS cases' credentials; libssl-dev and
+# pkg-config build nbdx's TLS-PSK support, which uses OpenSSL).
+readonly APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils nbd-server nbd-client python3 gnutls-bin
+    libssl-dev pkg-config)
+readonly COMMANDS=(nbdkit nbdinfo nbdcopy nbdsh qemu-img qemu-io qemu-nbd nbd-server nbd-client certtool psktool)
 # Time limits (seconds) so that a hang cannot eat CI's 90 minutes.
 readonly LIMIT_BUILD=1800 LIMIT_LINT=900 LIMIT_UNIT=1200 LIMIT_INTEROP=900 LIMIT_VM=900
 

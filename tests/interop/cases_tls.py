@@ -22,12 +22,14 @@ SIZE = 64 * MiB
 
 @dataclass(frozen=True)
 class Tls:
-    """How a server runs TLS: `mode` on|require, its credentials directory, policy."""
+    """How a server runs TLS: `mode` on|require, its credentials (a certificate directory or
+    a psktool keys file), policy."""
 
     mode: str
     dir: str
     verify_peer: bool = False
     tls_only: tuple = ()
+    psk: str = None
 
 
 def tls_server(ctx, mode, *exports, verify_peer=False, tls_only=(), rogue=False):
@@ -186,3 +188,25 @@ def verify_peer_refuses_no_certificate_and_a_foreign_one_and_accepts_one_from_th
     out = run(["qemu-io", *qemu_creds(pki().client_dir("ca")), "--image-opts", qemu_opts(srv),
                "-c", "read -P 0x00 8M 1M"], timeout=60)
     assert b"read 1048576/1048576" in out.stdout, out.stdout
+
+
+@case
+def with_pre_shared_keys_from_psktool_libnbd_reads_and_writes_and_a_wrong_key_is_refused(ctx):
+    if reason := ctx.profile.missing("tls-psk"):
+        ctx.skip(reason)
+    keys, wrong = ctx.path("keys.psk"), ctx.path("wrong.psk")
+    run(["psktool", "-u", "alice", "-p", keys], timeout=30)
+    run(["psktool", "-u", "alice", "-p", wrong], timeout=30)
+    srv = ctx.server(Export("disk", memory(SIZE)), tls=Tls("require", "", psk=keys))
+    size = run(["nbdinfo", "--size", f"nbds+unix://alice@/disk?socket={srv.socket_path}&tls-psk-file={keys}"],
+               timeout=60).stdout.decode().strip()
+    assert size == str(SIZE), size
+    h = nbd.NBD()
+    h.set_tls(nbd.TLS_REQUIRE)
+    h.set_tls_psk_file(keys)
+    h.set_tls_username("alice")
+    h.set_export_name("disk")
+    h.connect_unix(srv.socket_path)
+    write_read(h)
+    h.shutdown()
+    fails(["nbdinfo", f"nbds+unix://alice@/disk?socket={srv.socket_path}&tls-psk-file={wrong}"], "a wrong key")

@@ -44,7 +44,7 @@ class NbdxProfile(Profile):
     features = frozenset({
         "memory", "null", "file", "names", "multi-export", "description", "block-size",
         "extended-headers", "fast-zero", "pidfile", "print-uri", "nbdx-cli", "prompt-stop",
-        "tls", "tls-on", "tls-only",
+        "tls", "tls-on", "tls-only", "tls-psk",
     })
 
     def __init__(self, binary=None):
@@ -73,7 +73,8 @@ class NbdxProfile(Profile):
         if srv.pidfile:
             args += ["--pidfile", srv.pidfile]
         if srv.tls:
-            args += [f"--tls={srv.tls.mode}", "--tls-certificates", srv.tls.dir]
+            args += [f"--tls={srv.tls.mode}"]
+            args += ["--tls-psk", srv.tls.psk] if srv.tls.psk else ["--tls-certificates", srv.tls.dir]
             args += ["--tls-verify-peer"] if srv.tls.verify_peer else []
             args += [arg for name in srv.tls.tls_only for arg in ("--tls-only", name)]
         if len(srv.exports) == 1:
@@ -93,7 +94,7 @@ class NbdkitProfile(Profile):
     # SIGTERM it waits for connected clients to go away ("prompt-stop").
     features = frozenset({
         "memory", "null", "file", "names", "multi-export", "description", "block-size",
-        "fast-zero", "pidfile", "tls", "tls-on",
+        "fast-zero", "pidfile", "tls", "tls-on", "tls-psk",
     })
     expected_failures = {
         "a_client_killed_with_large_reads_in_flight_leaves_the_server_serving_intact_data":
@@ -115,7 +116,8 @@ class NbdkitProfile(Profile):
         if srv.pidfile:
             args += ["-P", srv.pidfile]
         if srv.tls:
-            args += [f"--tls={srv.tls.mode}", f"--tls-certificates={srv.tls.dir}"]
+            args += [f"--tls={srv.tls.mode}"]
+            args += [f"--tls-psk={srv.tls.psk}"] if srv.tls.psk else [f"--tls-certificates={srv.tls.dir}"]
             args += ["--tls-verify-peer"] if srv.tls.verify_peer else []
         filters = ["--filter=exportname", "--filter=blocksize-policy"]
         params = ["blocksize-minimum=1", "blocksize-preferred=4096",

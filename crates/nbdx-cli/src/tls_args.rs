@@ -5,6 +5,7 @@
 //! --tls-certificates DIR   server-cert.pem, server-key.pem; ca-cert.pem with --tls-verify-peer
 //! --tls-verify-peer        clients must present a certificate signed by DIR/ca-cert.pem
 //! --tls-only NAME          under --tls=on, export NAME needs TLS (repeatable)
+//! --tls-psk FILE           pre-shared keys (psktool's username:hexkey lines) instead of certificates
 //! ```
 //!
 //! Misuse (TLS on without credentials, `--tls-only` without `--tls=on`, an
@@ -48,6 +49,10 @@ pub(crate) struct TlsArgs {
     /// With --tls=on, only TLS clients may use export NAME (repeatable).
     #[arg(long = "tls-only", value_name = "NAME")]
     tls_only: Vec<String>,
+    /// Authenticate clients with pre-shared keys instead of certificates:
+    /// FILE holds username:hexkey lines (psktool's format, as nbdkit --tls-psk).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tls_certificates", "tls_verify_peer"])]
+    tls_psk: Option<PathBuf>,
 }
 
 /// Why the TLS flags cannot be used.
@@ -86,24 +91,39 @@ impl TlsArgs {
         }
         let mode = match self.tls {
             TlsPolicy::Off => {
-                if self.tls_verify_peer || !self.tls_only.is_empty() || self.tls_certificates.is_some() {
-                    return usage(
-                        "--tls-certificates, --tls-verify-peer and --tls-only need --tls=on or --tls=require".into(),
-                    );
+                let certs = self.tls_certificates.is_some() || self.tls_psk.is_some();
+                if certs || self.tls_verify_peer || !self.tls_only.is_empty() {
+                    let flags = "--tls-certificates, --tls-psk, --tls-verify-peer and --tls-only";
+                    return usage(format!("{flags} need --tls=on or --tls=require"));
                 }
                 return Ok(None);
             }
             TlsPolicy::On => TlsMode::On,
             TlsPolicy::Require => TlsMode::Require,
         };
+        if let Some(keys) = &self.tls_psk {
+            return Ok(Some((mode, psk(keys)?)));
+        }
         let Some(dir) = &self.tls_certificates else {
             let flag = if mode == TlsMode::On { "on" } else { "require" };
-            return usage(format!("--tls={flag} needs --tls-certificates DIR"));
+            return usage(format!("--tls={flag} needs --tls-certificates DIR or --tls-psk FILE"));
         };
         let config = TlsServerConfig::from_dir(dir, self.tls_verify_peer)
             .map_err(|e| TlsArgsError::Credentials(format!("TLS: {e}")))?;
         Ok(Some((mode, Arc::new(config))))
     }
+}
+
+#[cfg(feature = "psk")]
+fn psk(keys: &std::path::Path) -> Result<Arc<dyn TlsAccept>, TlsArgsError> {
+    let config =
+        nbdx::tls::PskServerConfig::from_file(keys).map_err(|e| TlsArgsError::Credentials(format!("TLS: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(not(feature = "psk"))]
+fn psk(_: &std::path::Path) -> Result<Arc<dyn TlsAccept>, TlsArgsError> {
+    Err(TlsArgsError::Credentials("--tls-psk: this nbdx was built without the psk feature (OpenSSL)".into()))
 }
 
 #[cfg(test)]
@@ -138,14 +158,17 @@ mod tests {
 
     #[test]
     fn tls_on_or_require_without_certificates_is_a_usage_error() {
-        assert_eq!(usage(&["--tls=require"]), "--tls=require needs --tls-certificates DIR");
-        assert_eq!(usage(&["--tls", "on"]), "--tls=on needs --tls-certificates DIR");
+        assert_eq!(usage(&["--tls=require"]), "--tls=require needs --tls-certificates DIR or --tls-psk FILE");
+        assert_eq!(usage(&["--tls", "on"]), "--tls=on needs --tls-certificates DIR or --tls-psk FILE");
     }
 
     #[test]
     fn tls_flags_without_tls_and_unknown_tls_only_exports_are_usage_errors() {
         assert!(usage(&["--tls-verify-peer"]).contains("need --tls=on"));
         assert!(usage(&["--tls-only", "a"]).contains("need --tls=on"));
+        assert!(usage(&["--tls-psk", "keys"]).contains("need --tls=on"));
+        let both = Cli::try_parse_from(["nbdx", "--tls=on", "--tls-psk", "k", "--tls-certificates", "d"]);
+        assert!(both.is_err(), "certificates or keys, not both");
         assert_eq!(usage(&["--tls=on", "--tls-only", "zzz"]), "--tls-only \"zzz\": no such export");
     }
 

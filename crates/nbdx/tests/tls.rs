@@ -11,6 +11,9 @@ mod peers;
 mod pki;
 #[path = "tls/proxy.rs"]
 mod proxy;
+#[cfg(feature = "psk")]
+#[path = "tls/psk.rs"]
+mod psk;
 #[path = "tls/sessions.rs"]
 mod sessions;
 

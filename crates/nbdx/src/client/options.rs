@@ -118,7 +118,7 @@ impl ClientOptions {
         if uri.tls {
             o.tls = TlsMode::Require;
             o.tls_hostname = uri.tls_params.hostname.clone();
-            o.tls_upgrade = Some(Arc::new(crate::tls::client::UriTls::new(uri.tls_params.clone())));
+            o.tls_upgrade = Some(Arc::new(crate::tls::client::UriTls::new(uri.tls_params.clone(), uri.user.clone())));
         } else if uri.tls_params != crate::uri::TlsParams::default() {
             tracing::warn!("tls-* parameters are ignored: {} is plaintext (use nbds:// for TLS)", uri.scheme());
         }

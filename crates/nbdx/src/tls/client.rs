@@ -80,10 +80,13 @@ impl TlsClientConfig {
         Ok(Self::new(config, verify_peer))
     }
 
-    /// The configuration URI query parameters ask for: `tls-certificates`,
-    /// `tls-verify-peer` (alias `tls-verification`). `tls-hostname` is
-    /// applied by [`ClientOptions::from_uri`](crate::client::ClientOptions::from_uri).
-    /// `tls-type=anon` and pre-shared keys are refused: rustls has neither.
+    /// The X.509 configuration URI query parameters ask for:
+    /// `tls-certificates`, `tls-verify-peer` (alias `tls-verification`).
+    /// `tls-hostname` is applied by
+    /// [`ClientOptions::from_uri`](crate::client::ClientOptions::from_uri).
+    /// `tls-type=anon` is refused (rustls has no anonymous TLS), and so are
+    /// pre-shared keys (`tls-type=psk`, `tls-psk-file`), which
+    /// `ClientOptions::from_uri` hands to `PskClientConfig` (feature `psk`).
     pub fn from_params(params: &TlsParams) -> Result<Self, TlsError> {
         match params.kind {
             Some(TlsType::Anon) => {
@@ -112,7 +115,8 @@ impl TlsClientConfig {
 }
 
 fn psk_unsupported() -> TlsError {
-    TlsError::Unsupported("TLS with pre-shared keys (tls-psk-file, tls-type=psk) is not supported by nbdx".into())
+    let why = if cfg!(feature = "psk") { "use PskClientConfig" } else { "nbdx was built without the psk feature" };
+    TlsError::Unsupported(format!("TLS with pre-shared keys (tls-psk-file, tls-type=psk): {why}"))
 }
 
 /// The CAs of `dir/ca-cert.pem`, else the system's.
@@ -151,16 +155,40 @@ impl TlsUpgrade for TlsClientConfig {
 /// files once, when first needed (or checked before connecting).
 pub(crate) struct UriTls {
     params: TlsParams,
-    built: OnceLock<Result<TlsClientConfig, TlsError>>,
+    user: Option<String>,
+    built: OnceLock<Result<Arc<dyn TlsUpgrade>, TlsError>>,
 }
 
 impl UriTls {
-    pub(crate) fn new(params: TlsParams) -> Self {
-        Self { params, built: OnceLock::new() }
+    /// TLS as `params` ask, for the URI's `user` (the PSK identity unless
+    /// `tls-username=` names one).
+    pub(crate) fn new(params: TlsParams, user: Option<String>) -> Self {
+        Self { params, user, built: OnceLock::new() }
     }
 
-    fn get(&self) -> Result<&TlsClientConfig, TlsError> {
-        self.built.get_or_init(|| TlsClientConfig::from_params(&self.params)).as_ref().map_err(Clone::clone)
+    fn build(&self) -> Result<Arc<dyn TlsUpgrade>, TlsError> {
+        let psk = self.params.kind == Some(TlsType::Psk) || self.params.psk_file.is_some();
+        if !psk {
+            return Ok(Arc::new(TlsClientConfig::from_params(&self.params)?));
+        }
+        #[cfg(feature = "psk")]
+        {
+            let file = self.params.psk_file.as_deref().ok_or_else(|| {
+                TlsError::Config("tls-type=psk needs tls-psk-file=FILE (username:hexkey lines)".into())
+            })?;
+            let user = self.params.username.clone().or_else(|| self.user.clone());
+            let user = user.unwrap_or_else(super::psk::default_user);
+            Ok(Arc::new(super::psk::PskClientConfig::from_file(file, &user)?))
+        }
+        #[cfg(not(feature = "psk"))]
+        {
+            let _ = &self.user;
+            Err(psk_unsupported())
+        }
+    }
+
+    fn get(&self) -> Result<&Arc<dyn TlsUpgrade>, TlsError> {
+        self.built.get_or_init(|| self.build()).as_ref().map_err(Clone::clone)
     }
 }
 

@@ -22,10 +22,16 @@
 //! [`CLIENT_KEY`], and optionally [`CA_CRL`]. Keys may be PKCS#8, PKCS#1 (RSA) or SEC1 (EC), not
 //! encrypted. TLS 1.3 and 1.2 are offered ("MUST support TLS version 1.2"),
 //! nothing older. The crypto provider is `ring`.
+//!
+//! Pre-shared keys (nbdkit `--tls-psk`, libnbd `tls-psk-file=`) need the
+//! cargo feature `psk`: rustls has no external PSK, so that mode runs over
+//! OpenSSL (`PskServerConfig`, `PskClientConfig`).
 
 pub(crate) mod client;
 mod pem;
 pub mod proxy;
+#[cfg(feature = "psk")]
+mod psk;
 mod server;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +41,8 @@ use rustls::crypto::CryptoProvider;
 
 pub use client::{TlsClientConfig, DEFAULT_SERVER_NAME};
 pub use nbdx_proto::server::TlsMode;
+#[cfg(feature = "psk")]
+pub use psk::{PskClientConfig, PskKeys, PskServerConfig};
 pub use server::TlsServerConfig;
 
 /// The CA certificate(s) a peer's certificate must chain to.

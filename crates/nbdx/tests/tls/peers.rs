@@ -16,7 +16,7 @@ use super::pki::{client_dir, server_dir, Ca};
 use super::proxy::{replies, request};
 use super::{bounded, round_trip};
 
-fn have(bin: &str) -> bool {
+pub(crate) fn have(bin: &str) -> bool {
     let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
     if !found {
         println!("SKIP: {bin} not installed");
@@ -25,7 +25,7 @@ fn have(bin: &str) -> bool {
 }
 
 /// A daemonized peer on a Unix socket, killed on drop.
-struct Peer {
+pub(crate) struct Peer {
     pid: u32,
     dir: tempfile::TempDir,
 }
@@ -39,7 +39,7 @@ impl Drop for Peer {
 impl Peer {
     /// Runs `program` with `args` (where `{sock}` is the socket path); the
     /// command returns once the daemon listens.
-    fn start(program: &str, args: &[&str]) -> Self {
+    pub(crate) fn start(program: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("nbd.sock");
         let args: Vec<String> = args.iter().map(|a| a.replace("{sock}", sock.to_str().unwrap())).collect();
@@ -48,7 +48,7 @@ impl Peer {
         Self { pid: pid_of_cmdline(&sock), dir }
     }
 
-    fn sock(&self) -> PathBuf {
+    pub(crate) fn sock(&self) -> PathBuf {
         self.dir.path().join("nbd.sock")
     }
 

@@ -2,13 +2,15 @@
 //! them to the Linux kernel. Protocol logic lives in the `nbdx` library; this
 //! binary only parses arguments, wires the library up and reports errors.
 
+mod generate;
+mod layers;
 mod serve;
 mod tls_args;
 mod util;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Network Block Device toolkit.
 #[derive(Debug, Parser)]
@@ -25,6 +27,10 @@ struct Cli {
 enum Command {
     /// Serve a device (RAM disk, file, block device) over NBD.
     Serve(serve::ServeArgs),
+    /// Print a shell completion script (bash, elvish, fish, powershell, zsh).
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page (roff), or write all of them with --out-dir.
+    Manpage(generate::ManpageArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +41,8 @@ fn main() -> ExitCode {
     util::init_logging(cli.verbose);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Completions(args) => generate::completions(Cli::command(), args).map(|()| ExitCode::SUCCESS),
+        Command::Manpage(args) => generate::manpage(Cli::command(), args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

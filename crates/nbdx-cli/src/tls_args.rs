@@ -55,15 +55,6 @@ pub(crate) struct TlsArgs {
     tls_psk: Option<PathBuf>,
 }
 
-/// Why the TLS flags cannot be used.
-#[derive(Debug)]
-pub(crate) enum TlsArgsError {
-    /// The flags contradict each other: exit status 2.
-    Usage(String),
-    /// The credentials are unusable: exit status 1.
-    Credentials(String),
-}
-
 /// The server's TLS mode and acceptor, if TLS is on.
 pub(crate) type Acceptor = Option<(TlsMode, Arc<dyn TlsAccept>)>;
 
@@ -73,57 +64,62 @@ impl TlsArgs {
         self.tls_only.iter().any(|n| n == name)
     }
 
-    /// The URI scheme a client needs for export `name`.
-    pub(crate) fn scheme(&self, name: &str) -> &'static str {
-        match self.tls {
-            TlsPolicy::Require => "nbds",
-            TlsPolicy::On if self.is_tls_only(name) => "nbds",
-            _ => "nbd",
+    /// The URI a client needs for `export`: `plain` (an `nbd://` or
+    /// `nbd+unix://` URI) with the `nbds` scheme when TLS is required.
+    pub(crate) fn uri(&self, plain: String, export: &str) -> String {
+        let tls = self.tls == TlsPolicy::Require || (self.tls == TlsPolicy::On && self.is_tls_only(export));
+        match plain.strip_prefix("nbd") {
+            Some(rest) if tls => format!("nbds{rest}"),
+            _ => plain,
         }
     }
 
-    /// Checks the flags against the export names, then reads the
-    /// credentials.
-    pub(crate) fn acceptor(&self, exports: &[&str]) -> Result<Acceptor, TlsArgsError> {
-        let usage = |m: String| Err(TlsArgsError::Usage(m));
-        if let Some(unknown) = self.tls_only.iter().find(|n| !exports.contains(&n.as_str())) {
-            return usage(format!("--tls-only {unknown:?}: no such export"));
+    /// What is wrong with the flags, given the export names (a usage
+    /// error), if anything.
+    pub(crate) fn misuse(&self, exports: &[String]) -> Option<String> {
+        if let Some(unknown) = self.tls_only.iter().find(|n| !exports.contains(n)) {
+            return Some(format!("--tls-only {unknown:?}: no such export"));
         }
-        let mode = match self.tls {
-            TlsPolicy::Off => {
-                let certs = self.tls_certificates.is_some() || self.tls_psk.is_some();
-                if certs || self.tls_verify_peer || !self.tls_only.is_empty() {
-                    let flags = "--tls-certificates, --tls-psk, --tls-verify-peer and --tls-only";
-                    return usage(format!("{flags} need --tls=on or --tls=require"));
-                }
-                return Ok(None);
+        let credentials = self.tls_certificates.is_some() || self.tls_psk.is_some();
+        match self.tls {
+            TlsPolicy::Off if credentials || self.tls_verify_peer || !self.tls_only.is_empty() => {
+                let flags = "--tls-certificates, --tls-psk, --tls-verify-peer and --tls-only";
+                Some(format!("{flags} need --tls=on or --tls=require"))
             }
+            TlsPolicy::On | TlsPolicy::Require if !credentials => {
+                let mode = if self.tls == TlsPolicy::On { "on" } else { "require" };
+                Some(format!("--tls={mode} needs --tls-certificates DIR or --tls-psk FILE"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads the credentials (after [`misuse`](Self::misuse) found nothing).
+    pub(crate) fn acceptor(&self) -> Result<Acceptor, String> {
+        let mode = match self.tls {
+            TlsPolicy::Off => return Ok(None),
             TlsPolicy::On => TlsMode::On,
             TlsPolicy::Require => TlsMode::Require,
         };
-        if let Some(keys) = &self.tls_psk {
-            return Ok(Some((mode, psk(keys)?)));
-        }
-        let Some(dir) = &self.tls_certificates else {
-            let flag = if mode == TlsMode::On { "on" } else { "require" };
-            return usage(format!("--tls={flag} needs --tls-certificates DIR or --tls-psk FILE"));
+        let acceptor: Arc<dyn TlsAccept> = match (&self.tls_psk, &self.tls_certificates) {
+            (Some(keys), _) => psk(keys)?,
+            (None, Some(dir)) => {
+                Arc::new(TlsServerConfig::from_dir(dir, self.tls_verify_peer).map_err(|e| format!("TLS: {e}"))?)
+            }
+            (None, None) => return Err("TLS needs --tls-certificates DIR or --tls-psk FILE".into()),
         };
-        let config = TlsServerConfig::from_dir(dir, self.tls_verify_peer)
-            .map_err(|e| TlsArgsError::Credentials(format!("TLS: {e}")))?;
-        Ok(Some((mode, Arc::new(config))))
+        Ok(Some((mode, acceptor)))
     }
 }
 
 #[cfg(feature = "psk")]
-fn psk(keys: &std::path::Path) -> Result<Arc<dyn TlsAccept>, TlsArgsError> {
-    let config =
-        nbdx::tls::PskServerConfig::from_file(keys).map_err(|e| TlsArgsError::Credentials(format!("TLS: {e}")))?;
-    Ok(Arc::new(config))
+fn psk(keys: &std::path::Path) -> Result<Arc<dyn TlsAccept>, String> {
+    Ok(Arc::new(nbdx::tls::PskServerConfig::from_file(keys).map_err(|e| format!("TLS: {e}"))?))
 }
 
 #[cfg(not(feature = "psk"))]
-fn psk(_: &std::path::Path) -> Result<Arc<dyn TlsAccept>, TlsArgsError> {
-    Err(TlsArgsError::Credentials("--tls-psk: this nbdx was built without the psk feature (OpenSSL)".into()))
+fn psk(_: &std::path::Path) -> Result<Arc<dyn TlsAccept>, String> {
+    Err("--tls-psk: this nbdx was built without the psk feature (OpenSSL)".into())
 }
 
 #[cfg(test)]
@@ -143,21 +139,19 @@ mod tests {
     }
 
     fn usage(args: &[&str]) -> String {
-        match parse(args).acceptor(&["a", "b"]) {
-            Err(TlsArgsError::Usage(m)) => m,
-            other => panic!("want a usage error, got {other:?}", other = other.map(|a| a.map(|(m, _)| m))),
-        }
+        parse(args).misuse(&["a".into(), "b".into()]).expect("a usage error")
     }
 
     #[test]
     fn tls_is_off_by_default_and_clients_use_nbd_uris() {
         let a = parse(&[]);
-        assert!(a.acceptor(&["a"]).unwrap().is_none());
-        assert_eq!(a.scheme("a"), "nbd");
+        assert_eq!(a.misuse(&["a".into()]), None);
+        assert!(a.acceptor().unwrap().is_none());
+        assert_eq!(a.uri("nbd://localhost:10809/a".into(), "a"), "nbd://localhost:10809/a");
     }
 
     #[test]
-    fn tls_on_or_require_without_certificates_is_a_usage_error() {
+    fn tls_on_or_require_without_credentials_is_a_usage_error() {
         assert_eq!(usage(&["--tls=require"]), "--tls=require needs --tls-certificates DIR or --tls-psk FILE");
         assert_eq!(usage(&["--tls", "on"]), "--tls=on needs --tls-certificates DIR or --tls-psk FILE");
     }
@@ -167,26 +161,29 @@ mod tests {
         assert!(usage(&["--tls-verify-peer"]).contains("need --tls=on"));
         assert!(usage(&["--tls-only", "a"]).contains("need --tls=on"));
         assert!(usage(&["--tls-psk", "keys"]).contains("need --tls=on"));
+        assert_eq!(
+            usage(&["--tls=on", "--tls-certificates", "d", "--tls-only", "zzz"]),
+            "--tls-only \"zzz\": no such export"
+        );
         let both = Cli::try_parse_from(["nbdx", "--tls=on", "--tls-psk", "k", "--tls-certificates", "d"]);
         assert!(both.is_err(), "certificates or keys, not both");
-        assert_eq!(usage(&["--tls=on", "--tls-only", "zzz"]), "--tls-only \"zzz\": no such export");
     }
 
     #[test]
     fn missing_credentials_are_an_error_naming_the_file() {
         let dir = std::env::temp_dir().join("nbdx-cli-no-such-tls-dir");
         let a = parse(&["--tls=require", "--tls-certificates", dir.to_str().unwrap()]);
-        match a.acceptor(&["a"]) {
-            Err(TlsArgsError::Credentials(m)) => assert_eq!(m, format!("TLS: {}: no such file", dir.display())),
-            other => panic!("{:?}", other.map(|a| a.map(|(m, _)| m))),
-        }
+        assert_eq!(a.misuse(&["a".into()]), None);
+        let e = a.acceptor().map(|_| ()).unwrap_err();
+        assert_eq!(e, format!("TLS: {}: no such file", dir.display()));
     }
 
     #[test]
     fn tls_only_exports_need_nbds_under_on_and_everything_does_under_require() {
         let on = parse(&["--tls=on", "--tls-only", "b"]);
-        assert_eq!((on.scheme("a"), on.scheme("b")), ("nbd", "nbds"));
+        assert_eq!(on.uri("nbd+unix:///a?socket=s".into(), "a"), "nbd+unix:///a?socket=s");
+        assert_eq!(on.uri("nbd+unix:///b?socket=s".into(), "b"), "nbds+unix:///b?socket=s");
         assert!(on.is_tls_only("b") && !on.is_tls_only("a"));
-        assert_eq!(parse(&["--tls=require"]).scheme("a"), "nbds");
+        assert_eq!(parse(&["--tls=require"]).uri("nbd://h:1/".into(), ""), "nbds://h:1/");
     }
 }

@@ -137,7 +137,6 @@ impl Negotiation {
         opts: &ClientOptions,
         host: &str,
     ) -> ClientResult<(Stream, Connected)> {
-        check_tls(opts)?;
         Self::begin(stream, opts, host, true).await?.finish().await
     }
 
@@ -300,7 +299,9 @@ impl Negotiation {
     }
 }
 
-fn check_tls(opts: &ClientOptions) -> ClientResult<()> {
+/// Fails early when TLS is required but cannot be attempted (no
+/// implementation, unreadable credentials).
+pub(crate) fn check_tls(opts: &ClientOptions) -> ClientResult<()> {
     if opts.tls != TlsMode::Require {
         return Ok(());
     }

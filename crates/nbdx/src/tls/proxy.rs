@@ -37,8 +37,8 @@ use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
 use crate::client::{
-    connect_for_handover as plain_handover, ClientError, ClientOptions, ClientResult, Handover, Negotiation, Socket,
-    Stream, Target, TlsMode,
+    check_tls, connect_for_handover as plain_handover, ClientError, ClientOptions, ClientResult, Handover, Negotiation,
+    Socket, Stream, Target, TlsMode,
 };
 
 /// Bytes read at a time in each direction.
@@ -183,6 +183,7 @@ pub async fn connect_for_handover(target: &Target, opts: &ClientOptions) -> Clie
         Target::Tcp { host, .. } => host.as_str(),
         _ => "",
     };
+    check_tls(opts)?;
     let stream = target.connect(opts.timeout).await?;
     let (stream, export) = Negotiation::handover(stream, opts, host).await?;
     let (kernel, ours) = socketpair().map_err(ClientError::io)?;

@@ -1,6 +1,7 @@
-"""TLS (issue 5): the server under test with `require`, `on` and verify-peer against
-libnbd (nbdinfo, nbdsh, nbdcopy, python3-libnbd) and qemu (tls-creds-x509), and the
-nbdx client against nbdkit with TLS.
+"""TLS (issue 5): the server under test with `require`, `on`, verify-peer and pre-shared
+keys against libnbd (nbdinfo, nbdsh, nbdcopy, python3-libnbd) and qemu
+(tls-creds-x509), and the nbdx client (`nbdx info`, `nbdx copy`, when built) against
+nbdkit with TLS.
 
 Certificates are made at run time (tlspki.py). Servers listen on Unix sockets, so
 clients verify the name `localhost` (qemu needs tls-hostname=localhost for that).
@@ -15,7 +16,7 @@ import nbd
 from runner import case
 from servers import Export, memory
 from tlspki import pki
-from util import MiB, make_image, run, sha256_file
+from util import ROOT, MiB, make_image, run, sha256_file
 
 SIZE = 64 * MiB
 
@@ -210,3 +211,48 @@ def with_pre_shared_keys_from_psktool_libnbd_reads_and_writes_and_a_wrong_key_is
     write_read(h)
     h.shutdown()
     fails(["nbdinfo", f"nbds+unix://alice@/disk?socket={srv.socket_path}&tls-psk-file={wrong}"], "a wrong key")
+
+
+def nbdx_client(ctx, subcommand):
+    """The nbdx binary if it has `subcommand` (the client tools may not be built yet), else skip."""
+    binary = os.environ.get("NBDX_BIN") or os.path.join(ROOT, "target/release/nbdx")
+    if not os.access(binary, os.X_OK) or run([binary, subcommand, "--help"], timeout=30, check=False).returncode:
+        ctx.skip(f"{binary} has no '{subcommand}' command (the TLS client is covered by crates/nbdx/tests/tls)")
+    return binary
+
+
+def nbdkit_tls(ctx, mode, rogue=False):
+    """nbdkit serving 64 MiB of RAM with TLS `mode` (require, off), whatever the profile."""
+    certs = pki().server_dir(rogue=rogue)
+
+    def argv(srv):
+        return ["nbdkit", "-f", "--exit-with-parent", "-U", srv.socket_path, f"--tls={mode}",
+                f"--tls-certificates={certs}", "memory", str(SIZE)]
+    return ctx.server(Export("", memory(SIZE)), command=argv)
+
+
+@case
+def nbdx_info_and_nbdx_copy_work_over_nbds_with_nbdkit_requiring_tls(ctx):
+    nbdx = nbdx_client(ctx, "info")
+    srv = nbdkit_tls(ctx, "require")
+    size = run([nbdx, "info", "--size", nbds(srv, "")], timeout=60).stdout.decode().strip()
+    assert size == str(SIZE), f"nbdx info --size over TLS: {size!r}"
+    if run([nbdx, "copy", "--help"], timeout=30, check=False).returncode:
+        ctx.note("no 'nbdx copy' in this build: only nbdx info was checked")
+        return
+    image, back = ctx.path("image.raw"), ctx.path("back.raw")
+    make_image(image, SIZE, seed=11)
+    run([nbdx, "copy", image, nbds(srv, "")], timeout=120)
+    run([nbdx, "copy", nbds(srv, ""), back], timeout=120)
+    assert sha256_file(image) == sha256_file(back), "nbdx copy over TLS did not round-trip"
+
+
+@case
+def the_nbdx_client_refuses_an_untrusted_certificate_and_a_server_without_tls(ctx):
+    nbdx = nbdx_client(ctx, "info")
+    rogue = nbdkit_tls(ctx, "require", rogue=True)
+    out = fails([nbdx, "info", nbds(rogue, "")], "nbdx info against an untrusted certificate")
+    assert "UnknownIssuer" in out, out
+    plain_srv = nbdkit_tls(ctx, "off")
+    out = fails([nbdx, "info", nbds(plain_srv, "")], "nbdx info nbds:// against a plaintext server")
+    assert "does not offer TLS" in out, out

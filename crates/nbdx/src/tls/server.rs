@@ -99,3 +99,61 @@ impl TlsAccept for TlsServerConfig {
         Ok(Box::new(tls))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA and a server certificate signed by it, as PEM.
+    fn issue() -> (String, String, String) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+        (ca.pem(), cert.pem(), key.serialize_pem())
+    }
+
+    fn dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(d.path().join(name), text).unwrap();
+        }
+        d
+    }
+
+    fn error(d: &tempfile::TempDir, verify_peer: bool) -> String {
+        TlsServerConfig::from_dir(d.path(), verify_peer).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_make_a_server_with_or_without_peer_verification() {
+        let (ca, cert, key) = issue();
+        let d = dir(&[(CA_CERT, &ca), (SERVER_CERT, &cert), (SERVER_KEY, &key)]);
+        assert!(!TlsServerConfig::from_dir(d.path(), false).unwrap().verify_peer());
+        assert!(TlsServerConfig::from_dir(d.path(), true).unwrap().verify_peer());
+    }
+
+    #[test]
+    fn a_missing_key_or_certificate_is_named() {
+        let (_, cert, key) = issue();
+        assert!(error(&dir(&[(SERVER_CERT, &cert)]), false).ends_with("server-key.pem: no such file"));
+        assert!(error(&dir(&[(SERVER_KEY, &key)]), false).ends_with("server-cert.pem: no such file"));
+    }
+
+    #[test]
+    fn verifying_peers_needs_the_ca_certificate() {
+        let (_, cert, key) = issue();
+        let d = dir(&[(SERVER_CERT, &cert), (SERVER_KEY, &key)]);
+        assert!(error(&d, true).ends_with("ca-cert.pem: no such file"));
+        TlsServerConfig::from_dir(d.path(), false).unwrap();
+    }
+
+    #[test]
+    fn a_key_that_does_not_belong_to_the_certificate_is_refused() {
+        let (_, cert, _) = issue();
+        let (_, _, other_key) = issue();
+        let e = error(&dir(&[(SERVER_CERT, &cert), (SERVER_KEY, &other_key)]), false);
+        assert!(e.contains("server-cert.pem") && e.contains("server-key.pem"), "{e}");
+    }
+}

@@ -7,8 +7,10 @@
 # --tls=require with an X.509 certificate), on TCP loopback: nbdcopy -C 4 writes a
 # 1 GiB random file from /dev/shm to the export, then reads the export to null:.
 # Rounds are interleaved (server × mode inside each round) so that drift on a shared
-# machine hits every configuration alike; the table shows medians in MiB/s and the
-# TLS/plaintext ratio. Certificates are made with certtool (gnutls-bin) each run.
+# machine hits every configuration alike. The tables show medians: throughput in MiB/s
+# with the TLS/plaintext ratio, and the server's CPU time (user + system, from
+# /proc/PID/stat) per GiB moved, which depends much less on what else the machine runs.
+# Certificates are made with certtool (gnutls-bin) each run.
 #
 # Environment: NBDX_BIN (default target/release/nbdx).
 set -euo pipefail
@@ -88,16 +90,21 @@ stop() {
     SERVER_PID=
 }
 
-seconds() {   # runs "$@", prints the elapsed seconds
-    local t0 t1
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+
+measure() {   # runs "$@"; prints "elapsed-seconds server-cpu-seconds"
+    local t0 t1 c0 c1
+    c0=$(cpu_ticks)
     t0=$(date +%s.%N)
     "$@" >/dev/null
     t1=$(date +%s.%N)
-    echo "$t1 - $t0" | bc -l
+    c1=$(cpu_ticks)
+    echo "$(echo "$t1 - $t0" | bc -l) $(echo "($c1 - $c0) / $(getconf CLK_TCK)" | bc -l)"
 }
 
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq 1 "$ROUNDS"); do
     for server in nbdx nbdkit; do
         for mode in plain tls; do
@@ -108,37 +115,48 @@ for round in $(seq 1 "$ROUNDS"); do
             else
                 uri="nbd://127.0.0.1:$port/"
             fi
-            w=$(seconds nbdcopy -C 4 "$SRC" "$uri")
-            r=$(seconds nbdcopy -C 4 "$uri" null:)
+            w=$(measure nbdcopy -C 4 "$SRC" "$uri")
+            r=$(measure nbdcopy -C 4 "$uri" null:)
             stop
             echo "$server $mode $w $r" >>"$RESULTS"
-            echo "round $round: $server $mode: write ${w}s read ${r}s" >&2
+            echo "round $round: $server $mode: write (s, server cpu s) $w, read $r" >&2
         done
     done
 done
 
 mkdir -p "$(dirname "$OUT")"
-python3 - "$RESULTS" "$SIZE_MIB" "$ROUNDS" >"$OUT" <<'EOF'
+python3 - "$RESULTS" "$SIZE_MIB" "$ROUNDS" "$LOAD_BEFORE" "$(cut -d' ' -f1-3 /proc/loadavg)" >"$OUT" <<'EOF'
 import statistics, sys, subprocess, datetime
-path, size, rounds = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+path, size, rounds, load0, load1 = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 runs = {}
 for line in open(path):
-    server, mode, w, r = line.split()
-    runs.setdefault((server, mode), []).append((size / float(w), size / float(r)))
-med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in runs.items()}
+    server, mode, w, wcpu, r, rcpu = line.split()
+    gib = size / 1024
+    runs.setdefault((server, mode), []).append(
+        (size / float(w), size / float(r), float(wcpu) / gib, float(rcpu) / gib))
+med = {k: tuple(statistics.median(x[i] for x in v) for i in range(4)) for k, v in runs.items()}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print("# TLS throughput: nbdx and nbdkit, plaintext vs TLS\n")
-print(f"`bench/tls.sh {rounds}` on {datetime.date.today()}: {cpu}, {subprocess.getoutput('nproc')} cores "
-      "(shared with other work: expect noise). TCP loopback, memory export of 1 GiB, "
+print(f"`bench/tls.sh {rounds}` on {datetime.date.today()}: {cpu}, {subprocess.getoutput('nproc')} cores, "
+      f"load average {load0} before and {load1} after (the machine is shared: expect noise). TCP loopback, memory export of 1 GiB, "
       "`nbdcopy -C 4` (4 connections), 1 GiB of random data from /dev/shm written then read to `null:`; "
       f"medians of {rounds} interleaved rounds, MiB/s. TLS: `--tls=require`, RSA 2048 server "
       "certificate; libnbd (GnuTLS) negotiates TLS 1.3.\n")
 print("| server | write plain | write TLS | TLS/plain | read plain | read TLS | TLS/plain |")
 print("|---|---|---|---|---|---|---|")
 for server in ("nbdx", "nbdkit"):
-    (wp, rp), (wt, rt) = med[(server, "plain")], med[(server, "tls")]
+    (wp, rp, _, _), (wt, rt, _, _) = med[(server, "plain")], med[(server, "tls")]
     print(f"| {server} | {wp:.0f} | {wt:.0f} | {wt / wp:.2f} | {rp:.0f} | {rt:.0f} | {rt / rp:.2f} |")
 nx, nk = med[("nbdx", "tls")], med[("nbdkit", "tls")]
-print(f"\nnbdx/nbdkit over TLS: write {nx[0] / nk[0]:.2f}x, read {nx[1] / nk[1]:.2f}x.")
+print(f"\nnbdx/nbdkit throughput over TLS: write {nx[0] / nk[0]:.2f}x, read {nx[1] / nk[1]:.2f}x.\n")
+print("Server CPU seconds per GiB moved (lower is better):\n")
+print("| server | write plain | write TLS | read plain | read TLS |")
+print("|---|---|---|---|---|")
+for server in ("nbdx", "nbdkit"):
+    (_, _, wp, rp), (_, _, wt, rt) = med[(server, "plain")], med[(server, "tls")]
+    print(f"| {server} | {wp:.2f} | {wt:.2f} | {rp:.2f} | {rt:.2f} |")
+print("\nOn a loaded machine wall-clock throughput follows the share of CPU time each server gets: "
+      "nbdkit runs 16 threads per connection (its default `--threads`), nbdx one runtime thread per core. "
+      "CPU time per GiB does not depend on that share: compare the servers' TLS cost there.")
 EOF
 cat "$OUT"

@@ -26,6 +26,9 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! Synchronous code without a runtime of its own uses
+//! [`connect_for_handover_blocking`]: the proxy then runs on a thread.
 
 use std::io;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -189,4 +192,42 @@ pub async fn connect_for_handover(target: &Target, opts: &ClientOptions) -> Clie
     let (kernel, ours) = socketpair().map_err(ClientError::io)?;
     let task = tokio::spawn(pump(stream, ours));
     Ok((Handover { socket: Socket::Unix(kernel), export }, Some(Proxy { task })))
+}
+
+/// A proxy running on a thread of its own (see [`connect_for_handover_blocking`]).
+#[derive(Debug)]
+pub struct ProxyThread {
+    thread: std::thread::JoinHandle<io::Result<ProxyStats>>,
+}
+
+impl ProxyThread {
+    /// Waits for the proxy to end (see [`Proxy::wait`]).
+    pub fn join(self) -> io::Result<ProxyStats> {
+        self.thread.join().map_err(|_| io::Error::other("the TLS proxy thread panicked"))?
+    }
+
+    /// Whether the proxy has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// [`connect_for_handover`] for synchronous callers (such as `nbdx attach`):
+/// negotiates on a private runtime, then keeps that runtime, and with it the
+/// proxy, running on a new thread named `nbdx-tls-proxy` until the kernel or
+/// the server closes. The thread lives in this process: do not `fork` after
+/// calling this (a child has no threads but the caller); start it in the
+/// process that stays with the device.
+pub fn connect_for_handover_blocking(
+    target: &Target,
+    opts: &ClientOptions,
+) -> ClientResult<(Handover, Option<ProxyThread>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ClientError::io)?;
+    let (handover, proxy) = runtime.block_on(connect_for_handover(target, opts))?;
+    let Some(proxy) = proxy else { return Ok((handover, None)) };
+    let thread = std::thread::Builder::new()
+        .name("nbdx-tls-proxy".into())
+        .spawn(move || runtime.block_on(proxy.wait()))
+        .map_err(ClientError::io)?;
+    Ok((handover, Some(ProxyThread { thread })))
 }

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use nbdx::client::{ClientOptions, Socket};
 use nbdx::proto::consts::{REQUEST_MAGIC, SIMPLE_REPLY_MAGIC};
 use nbdx::proto::{Cmd, ReplyMode};
-use nbdx::tls::proxy::{connect_for_handover, Proxy};
+use nbdx::tls::proxy::{connect_for_handover, connect_for_handover_blocking, Proxy};
 use nbdx::tls::TlsMode;
 use nbdx::uri::NbdUri;
 
@@ -123,4 +123,25 @@ async fn a_plaintext_handover_needs_no_proxy() {
         assert!(!handover.export.tls);
     })
     .await
+}
+
+#[test]
+fn synchronous_callers_get_the_proxy_on_a_thread_of_its_own() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let ca = Ca::new("nbdx test CA");
+    let sdir = server_dir(&ca, &ca);
+    let cdir = client_dir(&ca, None);
+    let r = rt.block_on(async { serve(TlsMode::Require, Some((sdir.path(), false)), exports(&["disk"], &[])) });
+    let uri = NbdUri::parse(&r.nbds("disk", cdir.path())).unwrap();
+    let (handover, proxy) = connect_for_handover_blocking(&uri.target, &ClientOptions::from_uri(&uri)).unwrap();
+    let Socket::Unix(mut kernel) = handover.socket else { panic!("the kernel gets a socketpair end") };
+    kernel.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    kernel.write_all(&request(Cmd::WRITE, 1, 0, 3, b"abc")).unwrap();
+    replies(&mut kernel, &[1], (0, 0));
+    kernel.write_all(&request(Cmd::READ, 2, 0, 3, &[])).unwrap();
+    assert_eq!(replies(&mut kernel, &[2], (2, 3)), b"abc");
+    kernel.write_all(&request(Cmd::DISC, 3, 0, 0, &[])).unwrap();
+    drop(kernel);
+    let stats = proxy.expect("TLS needs a proxy").join().expect("ends cleanly");
+    assert!(stats.to_server > 0 && stats.to_kernel > 0);
 }

@@ -29,9 +29,12 @@ cd "$ROOT"
 # Debian's python3-libnbd belongs to the system python; another python3 may come first on PATH.
 readonly PY=/usr/bin/python3
 readonly ALL_SUITES=(lint unit interop hostile vm)
-# Debian packages the suites use, and a command (or python module) that proves each is there.
-readonly APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils nbd-server nbd-client python3 strace)
-readonly COMMANDS=(nbdkit nbdinfo nbdcopy nbdsh qemu-img qemu-io qemu-nbd nbd-server nbd-client strace)
+# Debian packages the suites use, and a command (or python module) that proves each is there
+# (gnutls-bin: certtool and psktool make the TLS cases' credentials; libssl-dev and
+# pkg-config build nbdx's TLS-PSK support, which uses OpenSSL).
+readonly APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils nbd-server nbd-client python3 strace gnutls-bin
+    libssl-dev pkg-config)
+readonly COMMANDS=(nbdkit nbdinfo nbdcopy nbdsh qemu-img qemu-io qemu-nbd nbd-server nbd-client strace certtool psktool)
 # Time limits (seconds) so that a hang cannot eat CI's 90 minutes.
 readonly LIMIT_BUILD=1800 LIMIT_LINT=900 LIMIT_UNIT=1200 LIMIT_INTEROP=900 LIMIT_HOSTILE=600 LIMIT_VM=900
 

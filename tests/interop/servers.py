@@ -75,6 +75,8 @@ class Server:
     pass_fds: tuple = ()
     #: The Unix socket to probe and connect to, when the case chooses it (default: in workdir).
     socket_path: str = None
+    #: TLS settings (cases_tls.Tls: mode, certificate directory, verify_peer, tls_only), or None.
+    tls: object = None
     proc: subprocess.Popen = None
     port: int = 0
     stopped: bool = False

@@ -6,6 +6,7 @@ mod generate;
 mod layers;
 mod limits;
 mod serve;
+mod tls_args;
 mod util;
 
 use std::process::ExitCode;

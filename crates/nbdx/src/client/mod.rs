@@ -40,6 +40,7 @@ pub use device::RemoteDevice;
 pub use error::{ClientError, ClientResult};
 pub use info::{ExportEntry, ExportInfo};
 pub use multi::MultiConn;
+pub(crate) use negotiate::check_tls;
 pub use negotiate::Negotiation;
 pub use oneshot::{connect_for_handover, info, list_exports, list_meta_contexts, Handover};
 pub use options::{ClientOptions, TlsMode, TlsUpgrade, UpgradeFuture, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT};

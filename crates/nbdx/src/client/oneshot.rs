@@ -63,7 +63,9 @@ pub struct Handover {
 /// the kernel's protocol subset, and returns the socket untouched since.
 pub async fn connect_for_handover(target: &Target, opts: &ClientOptions) -> ClientResult<Handover> {
     if opts.tls == TlsMode::Require {
-        return Err(ClientError::Unsupported("handing a TLS connection to the kernel".into()));
+        return Err(ClientError::TlsUnsupported(
+            "the kernel speaks no TLS: use nbdx::tls::proxy::connect_for_handover, which relays through a proxy",
+        ));
     }
     let stream = target.connect(opts.timeout).await?;
     let (stream, export) = Negotiation::begin(stream, opts, "", true).await?.finish().await?;

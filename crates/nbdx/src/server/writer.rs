@@ -107,7 +107,8 @@ async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Reply], stall: D
         }
         IoSlice::advance_slices(&mut rest, n);
     }
-    Ok(())
+    // A socket has nothing to flush; TLS may hold records back until asked.
+    w.flush().await
 }
 
 #[cfg(test)]

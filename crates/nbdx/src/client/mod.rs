@@ -41,6 +41,6 @@ pub use error::{ClientError, ClientResult};
 pub use info::{ExportEntry, ExportInfo};
 pub use multi::MultiConn;
 pub use negotiate::Negotiation;
-pub use oneshot::{connect_for_handover, info, list_exports, list_meta_contexts, Handover};
+pub use oneshot::{connect_for_handover, handover_over, info, list_exports, list_meta_contexts, Handover};
 pub use options::{ClientOptions, TlsMode, TlsUpgrade, UpgradeFuture, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT};
 pub use target::{AsyncStream, Socket, Stream, Target};

@@ -2,7 +2,12 @@
 //! them to the Linux kernel. Protocol logic lives in the `nbdx` library; this
 //! binary only parses arguments, wires the library up and reports errors.
 
+mod attach;
+mod detach;
+mod loopdev;
+mod monitor;
 mod serve;
+mod status;
 mod util;
 
 use std::process::ExitCode;
@@ -24,6 +29,14 @@ struct Cli {
 enum Command {
     /// Serve a device (RAM disk, file, block device) over NBD.
     Serve(serve::ServeArgs),
+    /// Attach an NBD export to the kernel as /dev/nbdN (prints the path).
+    Attach(attach::AttachArgs),
+    /// Detach /dev/nbdN.
+    Detach(detach::DetachArgs),
+    /// Show what /dev/nbdN devices are attached to.
+    Status(status::StatusArgs),
+    /// Serve SOURCE in-process as /dev/nbdN (foreground, or around --run CMD).
+    Loop(loopdev::LoopArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +47,10 @@ fn main() -> ExitCode {
     util::init_logging(cli.verbose);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Attach(args) => attach::run(args),
+        Command::Detach(args) => detach::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Loop(args) => loopdev::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 mod common;
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,7 +153,10 @@ fn the_supervisor_reconnects_after_the_server_goes_away_and_stops_on_disconnect(
     check_io(&dev, &served.disk, 0, CHUNK, 40);
 
     let (sides_tx, sides_rx) = std::sync::mpsc::channel();
+    // Set when the test body ends, even by a panic, so the scope can end.
+    let finished = AtomicBool::new(false);
     std::thread::scope(|scope| {
+        let _finish = SetOnDrop(&finished);
         let supervisor = scope.spawn(|| {
             let mut supervisor = Supervisor::new(&netlink, monitor, index, 2, options.backend.clone());
             supervisor.poll = Duration::from_millis(200);
@@ -163,7 +167,7 @@ fn the_supervisor_reconnects_after_the_server_goes_away_and_stops_on_disconnect(
                 conns.into_iter().for_each(|c| sides_tx.send(c.release_socket()).unwrap());
                 Ok(sockets)
             };
-            supervisor.run(reconnect, || attached(index))
+            supervisor.run(reconnect, || attached(index) && !finished.load(Ordering::SeqCst))
         });
         a.kill(&served);
         b.kill(&served);
@@ -178,4 +182,13 @@ fn the_supervisor_reconnects_after_the_server_goes_away_and_stops_on_disconnect(
     assert!(!replaced.is_empty() && replaced.len() <= 2, "{} replacements", replaced.len());
     replaced.into_iter().for_each(|side| side.join(&served));
     wait_for("the device to stop", READY, || !attached(index));
+}
+
+/// Sets the flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }

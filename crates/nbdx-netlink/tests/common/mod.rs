@@ -185,7 +185,8 @@ impl ServerSide {
     /// Waits (bounded) for the server to end the connection, as it does
     /// after `NBD_CMD_DISC`.
     pub fn join(self, served: &Served) {
-        let ended = served.runtime.block_on(tokio::time::timeout(Duration::from_secs(30), self.task));
+        let task = self.task;
+        let ended = served.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await });
         assert!(ended.is_ok(), "the server connection did not end within 30 s");
     }
 

@@ -32,7 +32,7 @@ fn main() {
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .unwrap_or_else(|e| panic!("{path}: {e}"));
-    let size = file.metadata().map(|_| device_size(&file)).unwrap();
+    let size = device_size(&file);
     let blocks = size / block;
     let stripe = blocks / threads;
     let duration = Duration::from_secs(seconds);

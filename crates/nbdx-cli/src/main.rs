@@ -4,6 +4,8 @@
 
 mod attach;
 mod detach;
+mod generate;
+mod layers;
 mod loopdev;
 mod monitor;
 mod serve;
@@ -12,7 +14,7 @@ mod util;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Network Block Device toolkit.
 #[derive(Debug, Parser)]
@@ -37,6 +39,10 @@ enum Command {
     Status(status::StatusArgs),
     /// Serve SOURCE in-process as /dev/nbdN (foreground, or around --run CMD).
     Loop(loopdev::LoopArgs),
+    /// Print a shell completion script (bash, elvish, fish, powershell, zsh).
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page (roff), or write all of them with --out-dir.
+    Manpage(generate::ManpageArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +57,8 @@ fn main() -> ExitCode {
         Command::Detach(args) => detach::run(args),
         Command::Status(args) => status::run(args),
         Command::Loop(args) => loopdev::run(args),
+        Command::Completions(args) => generate::completions(Cli::command(), args).map(|()| ExitCode::SUCCESS),
+        Command::Manpage(args) => generate::manpage(Cli::command(), args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -52,11 +52,7 @@ pub(crate) fn log_file(index: u32) -> PathBuf {
 
 /// The pid of a running monitor of `/dev/nbdN`, from its pid file.
 pub(crate) fn monitor_pid(index: u32) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file(index)).ok()?.trim().parse().ok()?;
-    // A zombie (exited, not yet reaped) is not running.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next());
-    (state != Some(Some('Z'))).then_some(pid)
+    crate::detach::running_pid(&pid_file(index))
 }
 
 /// Starts the monitor with this command's arguments plus `--monitor -v`,

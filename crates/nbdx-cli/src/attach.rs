@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use nbdx::client::{connect_for_handover, ClientOptions};
+use nbdx::client::{connect_for_handover, ClientOptions, Target};
 use nbdx::proto::client::Connected;
 use nbdx::proto::TransmissionFlags;
 use nbdx::uri::NbdUri;
@@ -61,10 +61,19 @@ pub(crate) struct AttachArgs {
     pub(crate) monitor: bool,
 }
 
+/// Parses the URI; a relative socket path is made absolute, so that the
+/// monitor (which runs in `/`) reconnects to the same socket and the
+/// backend identifier names it unambiguously.
 fn parse_uri(s: &str) -> Result<NbdUri, String> {
-    let uri = NbdUri::parse(s).map_err(|e| e.to_string())?;
+    let mut uri = NbdUri::parse(s).map_err(|e| e.to_string())?;
     if uri.tls {
         return Err(format!("{s}: the kernel's NBD driver cannot use TLS connections"));
+    }
+    if let Target::Unix(path) = &mut uri.target {
+        if path.is_relative() {
+            let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+            *path = cwd.join(&*path);
+        }
     }
     Ok(uri)
 }
@@ -119,7 +128,7 @@ pub(crate) fn run(args: AttachArgs) -> CliResult<ExitCode> {
             return Err("--dead-timeout needs the netlink interface of the nbd driver".into());
         }
         drop(driver);
-        return monitor::spawn();
+        return monitor::spawn(&args);
     }
     let Driver::Netlink(netlink) = driver else { unreachable!("handled above") };
     let (export, sockets) = negotiate(&args)?;
@@ -215,6 +224,13 @@ mod tests {
         let err = parse_uri("nbds://localhost/x").unwrap_err();
         assert!(err.contains("TLS"), "{err}");
         assert!(parse_uri("nbd+unix:///x?socket=/tmp/s").is_ok());
+    }
+
+    #[test]
+    fn a_relative_socket_path_becomes_absolute() {
+        let uri = parse_uri("nbd+unix:///x?socket=run/s.sock").unwrap();
+        let expected = std::env::current_dir().unwrap().join("run/s.sock");
+        assert_eq!(uri.target, Target::Unix(expected));
     }
 
     #[test]

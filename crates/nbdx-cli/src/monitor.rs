@@ -55,13 +55,31 @@ pub(crate) fn monitor_pid(index: u32) -> Option<u32> {
     crate::detach::running_pid(&pid_file(index))
 }
 
-/// Starts the monitor with this command's arguments plus `--monitor -v`,
-/// prints the device path it reports and returns.
-pub(crate) fn spawn() -> CliResult<ExitCode> {
+/// The monitor's command line: the same attach, with the URI as parsed
+/// (relative socket paths made absolute), plus `--monitor -v`.
+fn monitor_args(args: &AttachArgs) -> Vec<String> {
+    let mut out = vec!["attach".to_owned(), args.uri.to_string()];
+    out.extend(args.device.map(|index| format!("/dev/nbd{index}")));
+    if args.read_only {
+        out.push("--read-only".into());
+    }
+    out.extend(["--connections".into(), args.connections.to_string()]);
+    for (flag, value) in [("--timeout", args.timeout), ("--dead-timeout", args.dead_timeout)] {
+        if let Some(value) = value {
+            out.extend([flag.to_owned(), value.as_secs_f64().to_string()]);
+        }
+    }
+    out.extend(["--monitor".into(), "-v".into()]);
+    out
+}
+
+/// Starts the monitor, prints the device path it reports and returns.
+pub(crate) fn spawn(args: &AttachArgs) -> CliResult<ExitCode> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the nbdx executable: {e}"))?;
     let mut command = Command::new(exe);
-    command.args(std::env::args_os().skip(1)).args(["--monitor", "-v"]);
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    command.args(monitor_args(args));
+    // In `/`, so that the monitor keeps no file system busy.
+    command.current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     // SAFETY: setsid is async-signal-safe and touches no memory of the
     // parent; it only fails if the child already leads a process group,
     // which a freshly forked child does not.
@@ -199,5 +217,45 @@ struct PidFile(PathBuf);
 impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Sub,
+        #[arg(short, action = clap::ArgAction::Count, global = true)]
+        verbose: u8,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Attach(AttachArgs),
+    }
+
+    #[test]
+    fn the_monitor_gets_the_same_attach_with_an_absolute_socket() {
+        let parse = |argv: Vec<String>| match Cli::parse_from(std::iter::once("nbdx".to_owned()).chain(argv)).command {
+            Sub::Attach(args) => args,
+        };
+        let cwd = std::env::current_dir().unwrap();
+        let args = parse(
+            ["attach", "nbd+unix:///disk?socket=s.sock", "nbd3", "-r", "-C", "2", "--dead-timeout", "1.5"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let argv = monitor_args(&args);
+        assert_eq!(argv[1], format!("nbd+unix:///disk?socket={}/s.sock", cwd.display()));
+        let again = parse(argv);
+        assert!(again.monitor && again.read_only);
+        assert_eq!((again.device, again.connections), (Some(3), 2));
+        assert_eq!(again.dead_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(again.timeout, None);
+        assert_eq!(again.uri, args.uri);
     }
 }

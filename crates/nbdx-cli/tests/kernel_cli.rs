@@ -209,7 +209,7 @@ fn the_ioctl_fallback_attaches_with_a_monitor_that_exits_on_detach() {
 #[test]
 fn without_the_driver_attach_says_the_module_is_not_loaded() {
     if std::path::Path::new("/sys/module/nbd").exists() {
-        println!("SKIP: the nbd driver is loaded");
+        skip("the nbd driver is loaded");
         return;
     }
     let mut attach = std::process::Command::new(nbdx_bin());

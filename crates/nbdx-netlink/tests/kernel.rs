@@ -241,7 +241,7 @@ fn two_sockets_with_multi_conn_serve_one_device() {
 #[test]
 fn without_the_driver_opening_the_family_reports_module_not_loaded() {
     if std::path::Path::new("/sys/module/nbd").exists() {
-        println!("SKIP: the nbd driver is present");
+        common::skip("the nbd driver is present");
         return;
     }
     let err = NbdNetlink::open().unwrap_err();

@@ -16,6 +16,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Says why a test did not run, on the real stderr: the test harness
+/// captures `println!`, but not writes to the stream itself, so the skip
+/// shows in every `cargo test` run.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {} ({reason})", std::thread::current().name().unwrap_or("?"));
+}
+
 /// Serialises the tests: they share the machine's devices.
 static KERNEL: Mutex<()> = Mutex::new(());
 
@@ -31,12 +39,12 @@ pub struct Env {
 /// Whether the tests can run here; prints why not.
 pub fn kernel_env() -> Option<Env> {
     if !Path::new("/sys/module/nbd").exists() {
-        println!("SKIP: no nbd driver (/sys/module/nbd does not exist)");
+        skip("no nbd driver (/sys/module/nbd does not exist)");
         return None;
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP: not root (the nbd driver needs CAP_SYS_ADMIN)");
+        skip("not root (the nbd driver needs CAP_SYS_ADMIN)");
         return None;
     }
     let guard = KERNEL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

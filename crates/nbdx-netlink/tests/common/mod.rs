@@ -35,12 +35,12 @@ static KERNEL: Mutex<()> = Mutex::new(());
 /// Whether the kernel tests can run here; prints why not.
 pub fn nbd_available() -> Option<MutexGuard<'static, ()>> {
     if !Path::new("/sys/module/nbd").exists() {
-        println!("SKIP: no nbd driver (/sys/module/nbd does not exist)");
+        skip("no nbd driver (/sys/module/nbd does not exist)");
         return None;
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP: not root (the nbd driver needs CAP_SYS_ADMIN)");
+        skip("not root (the nbd driver needs CAP_SYS_ADMIN)");
         return None;
     }
     Some(KERNEL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))

@@ -5,14 +5,18 @@
 #
 #   bench/kernel.sh [SECONDS]      seconds per measurement (default 5)
 #
-# Every server serves a 512 MiB RAM disk (nbdx memory:, nbdkit's memory plugin) on a
-# Unix socket in the guest; `nbdx attach -C N` (N = 1, 4) hands the connections to
-# the kernel; the static example `blkbench` (crates/nbdx-netlink/examples) measures
-# with O_DIRECT: sequential 1 MiB writes and reads (1 thread), then 4 KiB random
-# writes and reads (8 threads = queue depth 8).
+# Servers, each on a Unix socket in the guest: a 128 MiB RAM disk (nbdx memory:,
+# nbdkit's memory plugin) with 1 and 4 connections, a 128 MiB tmpfs file (nbdx, nbdkit's
+# file plugin) with 4 connections, and `nbdx loop memory:128M` with 1 and 4. nbdx and
+# nbdkit runs alternate, so that a change of the host's load hits both alike.
+# `nbdx attach -C N` hands the connections to the kernel; the static example
+# `blkbench` (crates/nbdx-netlink/examples) measures with O_DIRECT: `fill` (one
+# sequential pass of 1 MiB writes: first writes, which allocate), then SECONDS each of
+# sequential 1 MiB writes and reads (1 thread) and 4 KiB random writes and reads
+# (8 threads = queue depth 8).
 #
-# nbdkit is not static: its binary, the memory plugin and every library `ldd` lists
-# are copied into the VM with the dynamic loader and run as
+# nbdkit is not static: its binary, the two plugins and every library `ldd` lists are
+# copied into the VM with the dynamic loader and run as
 #   ld-linux-x86-64.so.2 --library-path lib ./nbdkit ...
 # Raw lines go to target/bench-kernel/results.txt, the table to bench/results/kernel.md.
 set -euo pipefail
@@ -43,30 +47,30 @@ cp "target/$TARGET/release/nbdx" "target/$TARGET/release/examples/blkbench" "$ST
 
 # nbdkit with its libraries and loader.
 nbdkit_note=""
-if nbdkit_bin=$(command -v nbdkit) && [ -f "$PLUGIN_DIR/nbdkit-memory-plugin.so" ]; then
+plugins=("$PLUGIN_DIR/nbdkit-memory-plugin.so" "$PLUGIN_DIR/nbdkit-file-plugin.so")
+if nbdkit_bin=$(command -v nbdkit) && [ -f "${plugins[0]}" ] && [ -f "${plugins[1]}" ]; then
     cp "$nbdkit_bin" "$STAGE/nbdkit/nbdkit"
-    cp "$PLUGIN_DIR/nbdkit-memory-plugin.so" "$STAGE/nbdkit/"
-    for lib in $( { ldd "$nbdkit_bin"; ldd "$PLUGIN_DIR/nbdkit-memory-plugin.so"; } | awk '$3 ~ /^\// { print $3 }' | sort -u); do
+    cp "${plugins[@]}" "$STAGE/nbdkit/"
+    for lib in $( { ldd "$nbdkit_bin"; ldd "${plugins[@]}"; } | awk '$3 ~ /^\// { print $3 }' | sort -u); do
         cp -L "$lib" "$STAGE/nbdkit/lib/"
     done
     cp -L /lib64/ld-linux-x86-64.so.2 "$STAGE/nbdkit/"
-    nbdkit_version=$(nbdkit --version)
-    say "nbdkit: $nbdkit_version, $(du -sh "$STAGE/nbdkit" | cut -f1) with its libraries"
+    say "nbdkit: $(nbdkit --version), $(du -sh "$STAGE/nbdkit" | cut -f1) with its libraries"
 else
     nbdkit_note="nbdkit is not installed here (apt-get install nbdkit): no nbdkit rows."
     rm -rf "$STAGE/nbdkit"
 fi
 
-cat >"$STAGE/bench.sh" <<EOF
-#!/bin/sh
-SECS=$SECS
-EOF
-cat >>"$STAGE/bench.sh" <<'EOF'
-SIZE=512M
+printf '#!/bin/sh\nSECS=%s\n' "$SECS" >"$STAGE/bench.sh"
+cat >>"$STAGE/bench.sh" <<'GUEST'
+SIZE=128M
 SOCK=/tmp/bench.sock
 URI="nbd+unix:///?socket=$SOCK"
+NBDKIT="./nbdkit/ld-linux-x86-64.so.2 --library-path ./nbdkit/lib ./nbdkit/nbdkit"
 
+# fill (first write of every block: allocation), then the timed modes.
 measure() {   # NAME CONNS DEVICE
+    echo "RESULT $1 C=$2 $(./blkbench "$3" fill 1048576 1 0)"
     for m in "seq-write 1048576 1" "seq-read 1048576 1" "rand-write 4096 8" "rand-read 4096 8"; do
         set -- "$1" "$2" "$3" $m
         echo "RESULT $1 C=$2 $(./blkbench "$3" "$4" "$5" "$6" "$SECS")"
@@ -95,30 +99,38 @@ looped() {    # CONNS
     loop=$!
     i=0
     while ! grep -q nbd /tmp/loop.out 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-    measure "nbdx-loop" "$1" "$(head -n1 /tmp/loop.out)"
+    measure nbdx-loop/memory "$1" "$(head -n1 /tmp/loop.out)"
     kill -TERM "$loop"; wait "$loop"
 }
 
+# A tmpfs file, written once so that its pages exist.
+backing() { rm -f /tmp/disk.img; dd if=/dev/zero of=/tmp/disk.img bs=1M count=128 2>/dev/null; }
+
 echo "guest: $(nproc) CPUs, $(uname -r)"
-for c in 1 4; do served nbdx "$c" ./nbdx serve "memory:$SIZE" -U "$SOCK"; done
+[ -x nbdkit/nbdkit ] && echo "guest: $($NBDKIT --version)"
+for c in 1 4; do
+    served nbdx/memory "$c" ./nbdx serve "memory:$SIZE" -U "$SOCK"
+    [ -x nbdkit/nbdkit ] && served nbdkit/memory "$c" $NBDKIT -f -U "$SOCK" ./nbdkit/nbdkit-memory-plugin.so size=$SIZE
+done
+backing
+served nbdx/file 4 ./nbdx serve /tmp/disk.img -U "$SOCK"
+backing
+[ -x nbdkit/nbdkit ] && served nbdkit/file 4 $NBDKIT -f -U "$SOCK" ./nbdkit/nbdkit-file-plugin.so file=/tmp/disk.img
 for c in 1 4; do looped "$c"; done
-if [ -x nbdkit/nbdkit ]; then
-    NBDKIT="./nbdkit/ld-linux-x86-64.so.2 --library-path ./nbdkit/lib ./nbdkit/nbdkit"
-    echo "guest: $($NBDKIT --version)"
-    for c in 1 4; do served nbdkit "$c" $NBDKIT -f -U "$SOCK" ./nbdkit/nbdkit-memory-plugin.so size=$SIZE; done
-fi
-EOF
+GUEST
 chmod 755 "$STAGE/bench.sh"
 
 say "running in the VM ($SECS s per measurement)"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 t0=$SECONDS
 RUN_IN_VM_MEMORY=${RUN_IN_VM_MEMORY:-2G} bash "$run_in_vm" -t 900 "$STAGE" 'sh ./bench.sh' | tee "$STAGE/results.txt"
 say "VM run took $((SECONDS - t0)) s"
+load="host load average (1, 5, 15 min) $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
 
 mkdir -p "$(dirname "$OUT")"
-/usr/bin/python3 - "$STAGE/results.txt" "$OUT" "$SECS" "$nbdkit_note" <<'PY'
+/usr/bin/python3 - "$STAGE/results.txt" "$OUT" "$SECS" "$nbdkit_note" "$load" <<'PY'
 import re, sys, datetime
-results, out, secs, note = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+results, out, secs, note, load = sys.argv[1:6]
 rows, guest = {}, []
 for line in open(results, errors="replace"):
     if line.startswith("guest: "):
@@ -130,27 +142,31 @@ def cell(r, mode, iops):
     if mode not in r:
         return "-"
     mib, ops = r[mode]
-    return f"{ops:,.0f} ({mib:.1f} MiB/s)" if iops else f"{mib:.1f}"
+    return f"{ops:,.0f}" if iops else f"{mib:.1f}"
 lines = [
     "# /dev/nbdN throughput: nbdx vs nbdkit",
     "",
     f"Produced by `bench/kernel.sh {secs}` on {datetime.date.today()}: one boot of the test VM",
     "(`../shared/vm/run-in-vm`, QEMU **TCG** software emulation, 2 vCPUs, 2 GiB) on a 2-core",
-    "sandbox shared with other jobs. " + "; ".join(guest) + ".",
+    f"sandbox shared with other jobs ({load}). Guest: " + "; ".join(guest) + ".",
     "",
-    "Each server serves a 512 MiB RAM disk on a Unix socket inside the guest and `nbdx attach -C N`",
-    "hands N connections to the kernel (`nbdx-loop`: `nbdx loop memory:512M -C N`, the server in",
-    "the attaching process over socketpairs). `blkbench` (O_DIRECT, "
-    f"{secs} s each): sequential 1 MiB requests with one thread, random 4 KiB requests with",
-    "8 threads (queue depth 8). Absolute numbers are those of an emulated CPU, about 10x below",
-    "hardware; compare the rows with each other.",
+    "Each server runs in the guest on a Unix socket; `nbdx attach -C N` hands N connections",
+    "to the kernel (`nbdx-loop`: `nbdx loop memory:128M -C N`, the server inside the",
+    "attaching process, over socketpairs). `memory`: 128 MiB RAM disk (nbdx `memory:`,",
+    "nbdkit `memory` plugin); `file`: a 128 MiB file on the guest's tmpfs (nbdx, nbdkit",
+    "`file` plugin). `blkbench`, O_DIRECT: *fill* = one sequential pass of 1 MiB writes over",
+    f"the fresh device (first writes: the server allocates), then {secs} s each of sequential",
+    "1 MiB writes and reads (one thread) and random 4 KiB writes and reads (8 threads, queue",
+    "depth 8). Under TCG every guest instruction is emulated, so absolute numbers are far",
+    "below hardware and move with the host's load; compare rows of the same run.",
     "",
-    "| server | connections | seq write MiB/s | seq read MiB/s | 4 KiB random write IOPS | 4 KiB random read IOPS |",
-    "|---|---|---|---|---|---|",
+    "| server/backend | conns | fill MiB/s | seq write MiB/s | seq read MiB/s | 4K rand write IOPS | 4K rand read IOPS |",
+    "|---|---|---|---|---|---|---|",
 ]
-for (name, conns), r in sorted(rows.items(), key=lambda kv: (["nbdx", "nbdx-loop", "nbdkit"].index(kv[0][0]) if kv[0][0] in ["nbdx", "nbdx-loop", "nbdkit"] else 9, kv[0][1])):
-    lines.append(f"| {name} | {conns} | {cell(r, 'seq-write', False)} | {cell(r, 'seq-read', False)} | "
-                 f"{cell(r, 'rand-write', True)} | {cell(r, 'rand-read', True)} |")
+order = ["nbdx/memory", "nbdkit/memory", "nbdx/file", "nbdkit/file", "nbdx-loop/memory"]
+for (name, conns), r in sorted(rows.items(), key=lambda kv: (kv[0][1] if "file" not in kv[0][0] else 9, order.index(kv[0][0]) if kv[0][0] in order else 99)):
+    lines.append(f"| {name} | {conns} | {cell(r, 'fill', False)} | {cell(r, 'seq-write', False)} | "
+                 f"{cell(r, 'seq-read', False)} | {cell(r, 'rand-write', True)} | {cell(r, 'rand-read', True)} |")
 if note:
     lines += ["", note]
 open(out, "w").write("\n".join(lines) + "\n")

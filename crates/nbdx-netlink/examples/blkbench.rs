@@ -1,11 +1,13 @@
 //! `blkbench DEVICE MODE BLOCK THREADS SECONDS`: a minimal fio for
 //! `bench/kernel.sh`, static so it runs in the test VM.
 //!
-//! MODE is `seq-read`, `seq-write`, `rand-read` or `rand-write`. Each of
-//! THREADS threads (the queue depth) issues BLOCK-sized `O_DIRECT` requests
-//! for SECONDS seconds: sequential modes on a stripe of the device of their
-//! own, random modes at uniformly random aligned offsets. Writes end with
-//! one fsync per thread, counted in the time. Prints one line:
+//! MODE is `seq-read`, `seq-write`, `rand-read`, `rand-write` or `fill`.
+//! Each of THREADS threads (the queue depth) issues BLOCK-sized `O_DIRECT`
+//! requests for SECONDS seconds: sequential modes on a stripe of the device
+//! of their own, random modes at uniformly random aligned offsets; `fill`
+//! writes every block of the device once, sequentially, however long that
+//! takes. Writes end with one fsync per thread, counted in the time.
+//! Prints one line:
 //!
 //! ```text
 //! seq-read bs=1048576 threads=1 secs=5.00 MiB/s=180.2 IOPS=180
@@ -18,13 +20,14 @@ use std::time::{Duration, Instant};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 6 {
-        eprintln!("usage: blkbench DEVICE seq-read|seq-write|rand-read|rand-write BLOCK THREADS SECONDS");
+        eprintln!("usage: blkbench DEVICE seq-read|seq-write|rand-read|rand-write|fill BLOCK THREADS SECONDS");
         std::process::exit(2);
     }
     let (path, mode) = (&args[1], args[2].as_str());
     let parse = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("not a number: {s}"));
     let (block, threads, seconds) = (parse(&args[3]), parse(&args[4]), parse(&args[5]));
-    let write = mode.ends_with("write");
+    let fill = mode == "fill";
+    let write = fill || mode.ends_with("write");
     let random = mode.starts_with("rand");
     let file = OpenOptions::new()
         .read(true)
@@ -46,7 +49,7 @@ fn main() {
                     buf.slice().iter_mut().enumerate().for_each(|(i, b)| *b = (i as u8) ^ (t as u8));
                     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1);
                     let mut n = 0u64;
-                    while start.elapsed() < duration {
+                    while if fill { n < stripe } else { start.elapsed() < duration } {
                         let index = if random {
                             rng ^= rng << 13;
                             rng ^= rng >> 7;

@@ -105,7 +105,9 @@ pub(crate) fn run(args: LoopArgs) -> CliResult<ExitCode> {
             ..ConfigureOptions::default()
         },
         interface,
-        runtime: Some(rt.handle().clone()),
+        // The loopback's own runtime: its threads are marked PR_SET_IO_FLUSHER,
+        // so reclaim never waits on writeback to the device they serve.
+        runtime: None,
         ..LoopbackOptions::default()
     };
     let lo = nbdx_netlink::loopback(device, args.size, options).map_err(|e| e.to_string())?;

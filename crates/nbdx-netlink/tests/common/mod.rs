@@ -29,6 +29,14 @@ use nbdx::{Export, MemoryDevice};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
+/// Says why a test did not run, on the real stderr: the test harness
+/// captures `println!`, but not writes to the stream itself, so the skip
+/// shows in every `cargo test` run.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {} ({reason})", std::thread::current().name().unwrap_or("?"));
+}
+
 /// Serialises the kernel tests: they share the host's devices.
 static KERNEL: Mutex<()> = Mutex::new(());
 

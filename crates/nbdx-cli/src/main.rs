@@ -6,6 +6,7 @@ mod attach;
 mod detach;
 mod generate;
 mod layers;
+mod limits;
 mod loopdev;
 mod monitor;
 mod serve;
@@ -30,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a device (RAM disk, file, block device) over NBD.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Attach an NBD export to the kernel as /dev/nbdN (prints the path).
     Attach(attach::AttachArgs),
     /// Detach /dev/nbdN.
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
     };
     util::init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Attach(args) => attach::run(args),
         Command::Detach(args) => detach::run(args),
         Command::Status(args) => status::run(args),

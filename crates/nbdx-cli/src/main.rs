@@ -2,10 +2,15 @@
 //! them to the Linux kernel. Protocol logic lives in the `nbdx` library; this
 //! binary only parses arguments, wires the library up and reports errors.
 
+mod attach;
+mod detach;
 mod generate;
 mod layers;
 mod limits;
+mod loopdev;
+mod monitor;
 mod serve;
+mod status;
 mod tls_args;
 mod util;
 
@@ -28,6 +33,14 @@ struct Cli {
 enum Command {
     /// Serve a device (RAM disk, file, block device) over NBD.
     Serve(Box<serve::ServeArgs>),
+    /// Attach an NBD export to the kernel as /dev/nbdN (prints the path).
+    Attach(attach::AttachArgs),
+    /// Detach /dev/nbdN.
+    Detach(detach::DetachArgs),
+    /// Show what /dev/nbdN devices are attached to.
+    Status(status::StatusArgs),
+    /// Serve SOURCE in-process as /dev/nbdN (foreground, or around --run CMD).
+    Loop(loopdev::LoopArgs),
     /// Print a shell completion script (bash, elvish, fish, powershell, zsh).
     Completions(generate::CompletionsArgs),
     /// Print the manual page (roff), or write all of them with --out-dir.
@@ -42,6 +55,10 @@ fn main() -> ExitCode {
     util::init_logging(cli.verbose);
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Attach(args) => attach::run(args),
+        Command::Detach(args) => detach::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Loop(args) => loopdev::run(args),
         Command::Completions(args) => generate::completions(Cli::command(), args).map(|()| ExitCode::SUCCESS),
         Command::Manpage(args) => generate::manpage(Cli::command(), args).map(|()| ExitCode::SUCCESS),
     };

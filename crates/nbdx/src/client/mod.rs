@@ -42,6 +42,6 @@ pub use info::{ExportEntry, ExportInfo};
 pub use multi::MultiConn;
 pub(crate) use negotiate::check_tls;
 pub use negotiate::Negotiation;
-pub use oneshot::{connect_for_handover, info, list_exports, list_meta_contexts, Handover};
+pub use oneshot::{connect_for_handover, handover_over, info, list_exports, list_meta_contexts, Handover};
 pub use options::{ClientOptions, TlsMode, TlsUpgrade, UpgradeFuture, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT};
 pub use target::{AsyncStream, Socket, Stream, Target};

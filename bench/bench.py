@@ -161,6 +161,8 @@ class CpuMeter:
         dt = max(b["t"] - a["t"], 1e-9)
         cap = dt * self.ncpu
         foreign = max(0.0, (b["busy"] - a["busy"]) - (b["own"] - a["own"]))
+        if dt < 1.0:  # too short to say (clock ticks are 10 ms; children's time is counted when they end)
+            return None
         return {"elapsed_s": round(dt, 1), "foreign_share": round(min(1.0, foreign / cap), 3),
                 "steal_share": round((b["steal"] - a["steal"]) / cap, 3), "own_share": round((b["own"] - a["own"]) / cap, 3),
                 "load_before": a["load"], "load_after": b["load"]}
@@ -419,9 +421,10 @@ class Suite:
         try:
             fn()
         finally:
-            self.res["cpu"][name] = self.meter.diff(a, self.meter.snap())
-            c = self.res["cpu"][name]
-            log(f"== {name} done in {c['elapsed_s']}s; other processes used {c['foreign_share']:.0%} of the CPU")
+            c = self.meter.diff(a, self.meter.snap())
+            if c:
+                self.res["cpu"][name] = c
+                log(f"== {name} done in {c['elapsed_s']}s; other processes used {c['foreign_share']:.0%} of the CPU")
 
     # -- ceilings --------------------------------------------------------------------------
     def ceilings(self):
@@ -691,13 +694,20 @@ class Suite:
         # Daemons (nbd-server) re-parent to us, so we can wait for them and count their CPU.
         LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.environment()
+        # Is anything else running? Sample the machine for a few seconds before measuring.
+        idle = self.meter.snap()
+        time.sleep(3)
+        self.res["cpu"]["idle check (3 s before)"] = self.meter.diff(idle, self.meter.snap())
+        log(f"other processes use {self.res['cpu']['idle check (3 s before)']['foreign_share']:.0%} of the CPU")
         total = self.meter.snap()
         try:
             for name in ("ceilings", "servers", "copy", "scaling", "profile"):
                 if name in a.sections:
                     self.section(name, getattr(self, name))
         finally:
-            self.res["cpu"]["total"] = self.meter.diff(total, self.meter.snap())
+            c = self.meter.diff(total, self.meter.snap())
+            if c:
+                self.res["cpu"]["total"] = c
             src = os.path.join(self.work, "src.img")
             if os.path.exists(src):
                 os.unlink(src)
@@ -741,16 +751,14 @@ def fmt_ratio(r):
 def load_warning(res, ncpu):
     """A loud warning when other processes took a noticeable share of the CPU."""
     cpu = res.get("cpu", {})
-    tot = cpu.get("total")
-    if not tot:
-        return []
-    before = tot["load_before"][0]
-    worst = max((c["foreign_share"] for c in cpu.values()), default=0)
     msgs = []
-    if before > 0.25 * ncpu or worst > 0.10:
-        msgs.append(f"> **⚠ WARNING: the machine was busy — these numbers are not trustworthy.** Load average "
-                    f"before the run {before:.2f} on {ncpu} CPUs; other processes used up to {worst:.0%} of the CPU "
-                    f"during a section (see Environment). Rerun on a quiet machine.")
+    if cpu:
+        before = next(iter(cpu.values()))["load_before"][0]
+        worst = max((c["foreign_share"] for c in cpu.values()), default=0)
+        if worst > 0.10:
+            msgs.append(f"> **⚠ WARNING: the machine was busy — these numbers are not trustworthy.** Other processes "
+                        f"used up to {worst:.0%} of the CPU while this ran (load average {before:.2f} at the start, "
+                        f"{ncpu} CPUs; see Environment). Rerun on a quiet machine.")
     if res["config"].get("quick"):
         msgs.append("> **⚠ Quick run (`--quick`): one round, short runtimes. For a smoke test of the script, not for "
                     "conclusions.**")

@@ -331,6 +331,30 @@ def reap_orphans():
             return
 
 
+def proc_cpu(pid, children=False):
+    """CPU seconds used so far by a server: the process (all threads, and children it has
+    reaped) plus its live children (nbd-server forks one per connection)."""
+    tck = os.sysconf("SC_CLK_TCK")
+
+    def stat(p):
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    try:
+        v = stat(pid)
+        total = sum(int(x) for x in v[11:15])  # utime stime cutime cstime
+    except (OSError, ValueError, IndexError):
+        return None
+    for d in os.listdir("/proc") if children else []:
+        if d.isdigit() and d != str(pid):
+            try:
+                c = stat(d)
+                if int(c[1]) == pid:  # ppid
+                    total += int(c[11]) + int(c[12])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total / tck
+
+
 # ------------------------------------------------------------------------------- drivers --
 
 def nbdcopy(src, dst, conns=4, request_size=None, flush=True, threads=True, timeout=900):
@@ -457,19 +481,33 @@ class Suite:
     def server_round(self, kind, backend, transport, src):
         out = {}
         secs, ramp = self.args.seconds, (0 if self.args.quick else 1)
+        gib = self.size / GiB
         with Server(self, kind, backend, transport) as s:
             def do(key, fn):
+                """fn() -> (value, units of work); also records the server's CPU time per unit:
+                seconds per GiB for copies, µs per request for fio."""
+                c0 = proc_cpu(s.pid, kind == "nbd-server")
                 v = self.attempt(f"{kind} {backend} {transport} {key}", fn)
+                c1 = proc_cpu(s.pid, kind == "nbd-server")
                 if v is not None:
-                    out[key] = v
-            do("nbdcopy-write", lambda: self.size / nbdcopy(src, s.uri) / MiB)
-            do("nbdcopy-read", lambda: self.size / nbdcopy(s.uri, "null:") / MiB)
-            do("qemu-img-write", lambda: self.size / qemu_img_write(src, s.uri) / MiB)
-            do("qemu-img-read", lambda: self.size / qemu_img_read(s.uri, self.size) / MiB)
+                    out[key] = v[0]
+                    if c0 is not None and c1 is not None and v[1] > 0:
+                        out[key + "|cpu"] = (c1 - c0) / v[1]
+
+            def copy(t):
+                return self.size / t / MiB, gib
+
+            def rand(rw, qd, field):
+                r = fio(s.uri, rw, qd, secs, self.size, ramp=ramp)
+                return r[field], r["iops"] * (secs + ramp) / 1e6  # CPU per request, in µs
+            do("nbdcopy-write", lambda: copy(nbdcopy(src, s.uri)))
+            do("nbdcopy-read", lambda: copy(nbdcopy(s.uri, "null:")))
+            do("qemu-img-write", lambda: copy(qemu_img_write(src, s.uri)))
+            do("qemu-img-read", lambda: copy(qemu_img_read(s.uri, self.size)))
             for rw in ("randread", "randwrite", "randrw"):
-                do(f"{rw}-qd32", lambda rw=rw: fio(s.uri, rw, 32, secs, self.size, ramp=ramp)["iops"])
+                do(f"{rw}-qd32", lambda rw=rw: rand(rw, 32, "iops"))
             for rw in ("randread", "randwrite", "randrw"):
-                do(f"{rw}-qd1", lambda rw=rw: fio(s.uri, rw, 1, secs, self.size, ramp=ramp)["lat_us"])
+                do(f"{rw}-qd1", lambda rw=rw: rand(rw, 1, "lat_us"))
         return out
 
     def servers(self):
@@ -520,9 +558,14 @@ class Suite:
                         else:
                             cmd = ["nbdcopy", "-C", "4"] + (["--flush"] if d != "null:" else []) + [s, d]
                         log(f"round {r + 1}/{self.args.rounds}: {' '.join(cmd)}")
+                        u0 = os.times()
                         t = self.attempt(f"copy {tool} {label}", timed, cmd, 900)
+                        u1 = os.times()
                         if t:
-                            c["cases"].setdefault(label, {}).setdefault(tool, []).append(self.size / t / MiB)
+                            case = c["cases"].setdefault(label, {})
+                            case.setdefault(tool, []).append(self.size / t / MiB)
+                            cpu = (u1.children_user + u1.children_system) - (u0.children_user + u0.children_system)
+                            case.setdefault(tool + "|cpu", []).append(cpu / (self.size / GiB))
 
     # -- scaling ---------------------------------------------------------------------------
     def scaling(self):
@@ -723,6 +766,8 @@ def fmt_val(v, unit):
         return "–"
     if unit == "µs":
         return f"{v:.1f}"
+    if unit == "s":
+        return f"{v:.2f}"
     return f"{v:,.0f}"
 
 
@@ -794,6 +839,33 @@ def server_tables(res):
         out.append("")
     out.append(f"Medians of {rounds} round(s), ±: half the min–max range. Ratios: throughput and IOPS "
                "nbdx ÷ peer; latency peer ÷ nbdx (a speedup). Above 1 means nbdx is better.\n")
+    return out
+
+
+def cpu_tables(res):
+    """Server CPU time per unit of work: less disturbed by a busy machine than rates are."""
+    out = []
+    for backend in res["config"]["backends"]:
+        kinds = [k for k in BACKEND_KINDS[backend] if k in res["config"]["servers"]]
+        rows = []
+        for transport in res["config"]["transports"]:
+            for key, label, unit, _ in METRICS:
+                per = res["servers"].get(f"{backend}|{transport}|{key}|cpu")
+                if not per:
+                    continue
+                seq = unit == "MiB/s"
+                # Seconds per GiB for copies, µs per request for fio (one decimal place either way).
+                cells = [cell(per.get(k), "s" if seq else "µs") for k in kinds]
+                label = label.replace(" latency", "")
+                rows.append(f"| {transport} | {label} | {'s/GiB' if seq else 'µs/req'} | " + " | ".join(cells)
+                            + f" | {fmt_ratio(ratio(per.get('nbdx'), per.get('nbdkit'), False))} |")
+        if rows:
+            out.append(f"Server CPU time per unit of work, {backend} backend (user+system of the server process; "
+                       "lower is better; ratio nbdkit ÷ nbdx):\n")
+            out.append("| transport | workload | unit | " + " | ".join(kinds) + " | nbdx vs nbdkit |")
+            out.append("|---|---|---|" + "---:|" * len(kinds) + "---:|")
+            out += rows
+            out.append("")
     return out
 
 
@@ -1084,6 +1156,7 @@ def render(res):
     if res.get("servers"):
         out += ["## Servers", "", "Every server serves the same size; every workload runs against each server kind "
                 "on the same machine in the same run.", ""] + server_tables(res)
+        out += cpu_tables(res)
         frac = [(t, k) + socket_fraction(res, t, k) for t in cfg["transports"] for k in ("nbdcopy-read", "nbdcopy-write")]
         frac = [f for f in frac if f[2] is not None]
         if frac:
@@ -1098,10 +1171,12 @@ def render(res):
         if c.get("cases"):
             out += [f"`nbdx copy -C 4` vs `nbdcopy -C 4` (`--flush` when the destination is NBD; nbdx flushes "
                     f"always), {fmt_size(cfg['size'])}, Unix sockets, tools alternating who goes first. MiB/s.", "",
-                    "| case | nbdx copy | nbdcopy | nbdx vs nbdcopy |", "|---|---:|---:|---:|"]
+                    "| case | nbdx copy MiB/s | nbdcopy MiB/s | nbdx vs nbdcopy | nbdx copy CPU s/GiB | "
+                    "nbdcopy CPU s/GiB |", "|---|---:|---:|---:|---:|---:|"]
             for label, p in c["cases"].items():
                 out.append(f"| {label} | {cell(p.get('nbdx'), '')} | {cell(p.get('nbdcopy'), '')} | "
-                           f"**{fmt_ratio(ratio(p.get('nbdx'), p.get('nbdcopy'), True))}** |")
+                           f"**{fmt_ratio(ratio(p.get('nbdx'), p.get('nbdcopy'), True))}** | "
+                           f"{cell(p.get('nbdx|cpu'), 's')} | {cell(p.get('nbdcopy|cpu'), 's')} |")
             out.append("")
         else:
             out += [c.get("note", "not measured"), ""]

@@ -619,17 +619,21 @@ class Suite:
                 if time.monotonic() - t0 >= secs:
                     return
 
-        # (name, file tag, fill the export first, workload)
+        # (name, file tag, backend, fill the export first, workload)
         workloads = [
-            ("seq write, nbdcopy -C 4 (repeated)", "write", False, lambda s: repeat(lambda: nbdcopy(src, s.uri))),
-            ("seq read, nbdcopy -C 4 (repeated)", "read", True, lambda s: repeat(lambda: nbdcopy(s.uri, "null:"))),
-            ("4K randread QD32, fio", "randread", True, lambda s: fio(s.uri, "randread", 32, secs, self.size)),
+            ("seq write, nbdcopy -C 4 (repeated)", "write", "memory", False,
+             lambda s: repeat(lambda: nbdcopy(src, s.uri))),
+            ("seq read, nbdcopy -C 4 (repeated)", "read", "memory", True,
+             lambda s: repeat(lambda: nbdcopy(s.uri, "null:"))),
+            ("4K randread QD32, fio", "randread", "memory", True, lambda s: fio(s.uri, "randread", 32, secs, self.size)),
+            ("4K randread QD32, fio", "file-randread", "file", True,
+             lambda s: fio(s.uri, "randread", 32, secs, self.size)),
         ]
         for kind in [k for k in ("nbdx", "nbdkit") if k in self.args.servers]:
-            for wname, tag, fill, wl in workloads:
-                log(f"profile: {kind} memory unix: {wname}")
+            for wname, tag, backend, fill, wl in workloads:
+                log(f"profile: {kind} {backend} unix: {wname}")
                 data = os.path.join(self.work, "perf.data")
-                with Server(self, kind, "memory", "unix") as s:
+                with Server(self, kind, backend, "unix") as s:
                     if fill:
                         nbdcopy(src, s.uri)  # read data, not holes
                     graph = ["--call-graph", "dwarf,16384"] if inferno else ["-g"]
@@ -638,10 +642,12 @@ class Suite:
                                             stderr=subprocess.PIPE, text=True, preexec_fn=child_setup)
                     time.sleep(0.5)
                     err = None
+                    c0 = proc_cpu(s.pid)
                     try:
                         wl(s)
                     except (RuntimeError, OSError) as e:
                         err = e
+                    c1 = proc_cpu(s.pid)
                     perf.send_signal(signal.SIGINT)
                     try:
                         _, perr = perf.communicate(timeout=120)
@@ -651,7 +657,8 @@ class Suite:
                 if err or perf.returncode not in (0, -signal.SIGINT):
                     self.error(f"profile {kind} {wname}", err or (perr or "").strip()[-300:])
                     continue
-                entry = {"kind": kind, "workload": wname}
+                entry = {"kind": kind, "workload": wname, "backend": backend,
+                         "cpu_s": None if c0 is None or c1 is None else round(c1 - c0, 2)}
                 entry.update(self.perf_top(data))
                 if inferno:
                     svg = os.path.join(fg_dir, f"{kind}-{tag}.svg")
@@ -1032,7 +1039,8 @@ def scaling_tables(res):
 def profile_section(res):
     out = []
     for p in res.get("profiles", []):
-        out.append(f"**{p['kind']}** — {p['workload']} ({p.get('samples') or '?'} samples, "
+        out.append(f"**{p['kind']}**, {p.get('backend', 'memory')} backend — {p['workload']} "
+                   f"({p.get('samples') or '?'} samples, server CPU {p.get('cpu_s', '?')} s, "
                    f"{p['kernel_pct']}% in the kernel)" + (f" — [flamegraph]({p['svg']})" if p.get("svg") else "") + "\n")
         out.append("| self % | where | symbol |")
         out.append("|---:|---|---|")
@@ -1184,7 +1192,8 @@ def render(res):
         out += ["## Scaling", ""] + scaling_tables(res)
     if res.get("profiles"):
         out += ["## Profiles", "", "`perf record -e cpu-clock` of the server process alone (all its threads) while "
-                "the workload runs, memory backend, Unix socket; self time per symbol (top 12).", ""]
+                "the workload runs, Unix socket; self time per symbol (top 12). Samples are taken only while the server "
+                "runs, so they measure where its CPU time goes, not where time is waited.", ""]
         out += profile_section(res)
     notes = os.path.join(ROOT, "bench", "notes.md")
     if os.path.exists(notes):

@@ -14,8 +14,9 @@ Sections (--sections, comma-separated; default all):
             (skipped with a note when the nbdx binary has no `copy` command)
   scaling   nbdx and nbdkit (memory, Unix socket): throughput vs connections (nbdcopy -C N,
             fio with N jobs = N connections) and vs request size (nbdcopy --request-size)
-  profile   perf record -e cpu-clock of each server during seq copy and 4 KiB randread QD32:
-            top symbols (and flamegraphs with --flamegraph DIR when inferno is installed)
+  profile   perf record -e cpu-clock of nbdx and nbdkit during seq write, seq read and 4 KiB
+            randread QD32 (memory backend) and 4 KiB randread QD32 (file backend): top symbols
+            (and flamegraphs with --flamegraph DIR when inferno is installed)
 
 The report (markdown) goes to --out; the raw numbers to --json, from which --render-only
 re-renders the report without measuring (e.g. after editing bench/notes.md).
@@ -279,7 +280,7 @@ class Server:
     def __exit__(self, *exc):
         if self.pid is not None:
             if self.kind == "nbd-server":
-                stop_pid_group(self.pid, (self.pid, self.proc.pid))
+                stop_daemon(self.pid)
             else:
                 self.proc.send_signal(signal.SIGTERM)
                 try:
@@ -297,18 +298,20 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def stop_pid_group(pid, groups, timeout=15.0):
-    """SIGTERM to a daemon that re-parented to us and to its process groups, wait, then SIGKILL."""
+def stop_daemon(pid, timeout=15.0):
+    """SIGTERM to a daemon that re-parented to us, and to its process group (its children) when
+    that group is its own, not ours; wait for it; then SIGKILL."""
+    try:
+        group = os.getpgid(pid)
+        group = group if group != os.getpgid(0) else None
+    except OSError:
+        group = None
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for g in groups:
+        for target in ([lambda: os.killpg(group, sig)] if group else []) + [lambda: os.kill(pid, sig)]:
             try:
-                os.killpg(g, sig)
+                target()
             except OSError:
                 pass
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -2,7 +2,7 @@
 //! bench/run.sh. Std only, so it builds offline in seconds.
 //!
 //! ```text
-//! ceiling stream   --transport unix|tcp --size BYTES [--streams N] [--seconds S]
+//! ceiling stream   --transport unix|tcp --size BYTES [--streams N] [--span BYTES] [--ring BYTES] [--seconds S]
 //! ceiling rr       --transport unix|tcp --size BYTES [--depth D] [--dir read|write] [--seconds S]
 //! ceiling memcpy   --size BYTES [--threads N] [--seconds S]
 //! ```
@@ -10,6 +10,9 @@
 //! * `stream`: N independent connected socket pairs; on each, one thread writes messages of
 //!   BYTES from a buffer and another reads them into a buffer of BYTES (the two copies an NBD
 //!   read reply costs: server buffer to kernel, kernel to client buffer). Reports MiB/s.
+//!   `--span`: the writers send consecutive messages from a shared region of that size (default:
+//!   one message, so the source stays in the cache); `--ring`: each reader receives into a ring
+//!   of that size (default one message). Large values model a transfer from and to RAM.
 //! * `rr`: request/reply exchange shaped like NBD: 32-byte requests, 16-byte replies, BYTES of
 //!   payload on the reply (`--dir read`) or on the request (`--dir write`), up to D requests in
 //!   flight; the server side is one thread that does no work per request. Reports replies/s and
@@ -106,6 +109,8 @@ struct Opts {
     streams: usize,
     depth: usize,
     write_dir: bool,
+    span: usize,
+    ring: usize,
     seconds: f64,
 }
 
@@ -140,6 +145,8 @@ fn parse_args() -> Result<Opts, String> {
         streams: 1,
         depth: 1,
         write_dir: false,
+        span: 0,
+        ring: 0,
         seconds: 2.0,
     };
     while let Some(a) = args.next() {
@@ -162,6 +169,8 @@ fn parse_args() -> Result<Opts, String> {
                     d => return Err(format!("unknown direction '{d}'")),
                 }
             }
+            "--span" => o.span = parse_size(&val()?)?,
+            "--ring" => o.ring = parse_size(&val()?)?,
             "--seconds" => o.seconds = val()?.parse().map_err(|_| "bad seconds")?,
             _ => return Err(format!("unknown argument '{a}'")),
         }
@@ -191,31 +200,35 @@ fn stream(o: &Opts) -> io::Result<String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut counters = Vec::new();
     let mut threads = Vec::new();
+    // Writers send consecutive messages out of one shared source region of `span` bytes;
+    // readers receive into a ring of `ring` bytes each. Both default to one message (hot in
+    // the cache); large values make the data come from and go to RAM, as in a real transfer.
+    let span = (o.span.max(o.size) / o.size) * o.size;
+    let ring = (o.ring.max(o.size) / o.size) * o.size;
+    let source = Arc::new(vec![0x5au8; span]);
     for _ in 0..o.streams {
         let (mut tx, mut rx) = pair(o.transport)?;
         let counter = Arc::new(AtomicU64::new(0));
         counters.push(counter.clone());
         let size = o.size;
-        let stop_w = stop.clone();
+        let (stop_w, source) = (stop.clone(), source.clone());
         threads.push(thread::spawn(move || {
-            let buf = vec![0x5au8; size];
+            let mut off = 0;
             while !stop_w.load(Ordering::Relaxed) {
-                if tx.write_all(&buf).is_err() {
+                if tx.write_all(&source[off..off + size]).is_err() {
                     break;
                 }
+                off = (off + size) % span;
             }
             tx.shutdown_write();
         }));
         threads.push(thread::spawn(move || {
-            let mut buf = vec![0u8; size];
-            loop {
-                match rx.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        black_box(&buf[..n]);
-                        counter.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                }
+            let mut buf = vec![1u8; ring];
+            let mut off = 0;
+            while rx.read_exact(&mut buf[off..off + size]).is_ok() {
+                black_box(&buf[off..off + size]);
+                counter.fetch_add(size as u64, Ordering::Relaxed);
+                off = (off + size) % ring;
             }
         }));
     }
@@ -225,10 +238,12 @@ fn stream(o: &Opts) -> io::Result<String> {
         let _ = t.join();
     }
     Ok(format!(
-        "{{\"mode\":\"stream\",\"transport\":\"{}\",\"size\":{},\"streams\":{},\"seconds\":{:.3},\"bytes\":{},\"mib_per_s\":{:.1}}}",
+        "{{\"mode\":\"stream\",\"transport\":\"{}\",\"size\":{},\"streams\":{},\"span\":{},\"ring\":{},\"seconds\":{:.3},\"bytes\":{},\"mib_per_s\":{:.1}}}",
         tname(o.transport),
         o.size,
         o.streams,
+        span,
+        ring,
         dt,
         bytes,
         bytes as f64 / dt / (1u64 << 20) as f64
@@ -237,11 +252,8 @@ fn stream(o: &Opts) -> io::Result<String> {
 
 fn rr(o: &Opts) -> io::Result<String> {
     let (client, server) = pair(o.transport)?;
-    let (req_len, rep_len) = if o.write_dir {
-        (REQUEST_HEADER + o.size, REPLY_HEADER)
-    } else {
-        (REQUEST_HEADER, REPLY_HEADER + o.size)
-    };
+    let (req_len, rep_len) =
+        if o.write_dir { (REQUEST_HEADER + o.size, REPLY_HEADER) } else { (REQUEST_HEADER, REPLY_HEADER + o.size) };
     // Server: read a request, write its reply; no work in between.
     let srv = thread::spawn(move || {
         let mut w = match server.try_clone() {
@@ -348,7 +360,7 @@ fn main() -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!("ceiling: {e}");
-            eprintln!("usage: ceiling stream|rr|memcpy [--transport unix|tcp] [--size N[K|M|G]] [--streams N] [--depth D] [--dir read|write] [--seconds S]");
+            eprintln!("usage: ceiling stream|rr|memcpy [--transport unix|tcp] [--size N[K|M|G]] [--streams N] [--span N] [--ring N] [--depth D] [--dir read|write] [--seconds S]");
             return ExitCode::from(2);
         }
     };

@@ -168,7 +168,8 @@ class CpuMeter:
         if dt < 1.0:  # too short to say (clock ticks are 10 ms; children's time is counted when they end)
             return None
         return {"elapsed_s": round(dt, 1), "foreign_share": round(min(1.0, foreign / cap), 3),
-                "steal_share": round((b["steal"] - a["steal"]) / cap, 3), "own_share": round((b["own"] - a["own"]) / cap, 3),
+                "steal_share": round((b["steal"] - a["steal"]) / cap, 3),
+                "own_share": round((b["own"] - a["own"]) / cap, 3),
                 "load_before": a["load"], "load_after": b["load"]}
 
 
@@ -394,7 +395,8 @@ def fio(uri, rw, qd, seconds, size, bs="4k", numjobs=1, ramp=0):
     iops = job["read"]["iops"] + job["write"]["iops"]
     if iops <= 0:
         raise RuntimeError(f"fio {rw} QD{qd}: no I/O completed")
-    lat = (job["read"]["iops"] * job["read"]["lat_ns"]["mean"] + job["write"]["iops"] * job["write"]["lat_ns"]["mean"]) / iops
+    rd, wr = job["read"], job["write"]
+    lat = (rd["iops"] * rd["lat_ns"]["mean"] + wr["iops"] * wr["lat_ns"]["mean"]) / iops
     return {"iops": iops, "lat_us": lat / 1000.0, "mib_s": iops * parse_size(bs) / MiB}
 
 
@@ -536,7 +538,8 @@ class Suite:
                             self.error(f"{kind} {backend} {transport}", e)
                             continue
                         for metric, v in res.items():
-                            self.res["servers"].setdefault(f"{backend}|{transport}|{metric}", {}).setdefault(kind, []).append(v)
+                            per = self.res["servers"].setdefault(f"{backend}|{transport}|{metric}", {})
+                            per.setdefault(kind, []).append(v)
 
     # -- client copy -----------------------------------------------------------------------
     def nbdx_has_copy(self):
@@ -1044,8 +1047,8 @@ def scaling_tables(res):
             for key, _ in metrics:
                 per = sc.get(f"{prefix}|{p}|{key}", {})
                 cells += [cell(per.get(k), "") for k in kinds]
-            rs = [fmt_ratio(ratio(sc.get(f"{prefix}|{p}|{key}", {}).get("nbdx"), sc.get(f"{prefix}|{p}|{key}", {}).get("nbdkit"), True))
-                  for key, _ in metrics]
+            pers = [sc.get(f"{prefix}|{p}|{key}", {}) for key, _ in metrics]
+            rs = [fmt_ratio(ratio(per.get("nbdx"), per.get("nbdkit"), True)) for per in pers]
             out.append(f"| {fmtp(p)} | " + " | ".join(cells) + " | " + " | ".join(rs) + " |")
         out.append("")
 

@@ -34,6 +34,11 @@ class Profile:
     def argv(self, srv):
         raise NotImplementedError
 
+    def refuse_extra_args(self, srv):
+        """Options of the nbdx command line mean nothing to another server."""
+        if srv.extra_args:
+            raise RuntimeError(f"{self.name} does not take the nbdx options {' '.join(srv.extra_args)}")
+
     def missing(self, feature):
         """The reason a feature is missing, or None when it is there."""
         return None if feature in self.features else f"{self.name} cannot do this ({feature})"
@@ -71,6 +76,7 @@ class NbdxProfile(Profile):
             args += ["-d", srv.description]
         if srv.pidfile:
             args += ["--pidfile", srv.pidfile]
+        args += list(srv.extra_args)
         if len(srv.exports) == 1:
             (exp,) = srv.exports
             if exp.name:
@@ -100,6 +106,7 @@ class NbdkitProfile(Profile):
         subprocess.run(["nbdkit", "--version"], check=True, capture_output=True, timeout=30)
 
     def argv(self, srv):
+        self.refuse_extra_args(srv)
         args = ["nbdkit", "-f", "--exit-with-parent"]
         if srv.unix:
             args += ["-U", srv.socket_path]
@@ -150,6 +157,7 @@ class QemuNbdProfile(Profile):
         subprocess.run(["qemu-nbd", "--version"], check=True, capture_output=True, timeout=30)
 
     def argv(self, srv):
+        self.refuse_extra_args(srv)
         if len(srv.exports) != 1:
             raise RuntimeError("qemu-nbd serves one export")
         (exp,) = srv.exports

@@ -69,6 +69,8 @@ class Server:
     pidfile: str = None
     #: A command line of the case's own (a function of the server), instead of the profile's.
     command: object = None
+    #: Options of the nbdx command line added to the profile's (limits, for the hostile suite).
+    extra_args: tuple = ()
     #: File descriptors the server inherits (e.g. a listening socket for socket activation).
     pass_fds: tuple = ()
     #: The Unix socket to probe and connect to, when the case chooses it (default: in workdir).

@@ -4,6 +4,7 @@
 
 mod generate;
 mod layers;
+mod limits;
 mod serve;
 mod util;
 
@@ -25,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a device (RAM disk, file, block device) over NBD.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Print a shell completion script (bash, elvish, fish, powershell, zsh).
     Completions(generate::CompletionsArgs),
     /// Print the manual page (roff), or write all of them with --out-dir.
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
     };
     util::init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Completions(args) => generate::completions(Cli::command(), args).map(|()| ExitCode::SUCCESS),
         Command::Manpage(args) => generate::manpage(Cli::command(), args).map(|()| ExitCode::SUCCESS),
     };

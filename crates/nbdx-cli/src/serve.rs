@@ -22,6 +22,7 @@ use nbdx::Export;
 
 use self::ops::OpsArgs;
 use crate::layers::LayerArgs;
+use crate::limits::LimitArgs;
 use crate::util::{runtime, CliResult};
 
 /// Arguments of `nbdx serve`.
@@ -61,6 +62,8 @@ pub(crate) struct ServeArgs {
     layers: LayerArgs,
     #[command(flatten)]
     ops: OpsArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// `--export NAME=SOURCE`.
@@ -94,12 +97,12 @@ fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
 
 /// The server `args` describe.
 fn build_server(args: &ServeArgs) -> CliResult<Server> {
-    let options = ServerOptions {
+    let options = args.limits.apply(ServerOptions {
         // "-e NAME: only that name is served"; with --export the first
         // export is also the default.
         default_export: args.export_name.is_none() || !args.exports.is_empty(),
         ..ServerOptions::default()
-    };
+    });
     exports(args)?
         .into_iter()
         .fold(Server::builder(), |b, e| b.export(e))
@@ -127,5 +130,12 @@ pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
         rt.shutdown_background();
         return served.map(|()| ExitCode::SUCCESS);
     }
-    rt.block_on(ops::serve(server, &args, activated, parent))
+    let served = rt.block_on(ops::serve(server, &args, activated, parent));
+    // Connections still running once the grace period is over are
+    // abandoned: a device call stuck in the kernel must not delay the exit.
+    rt.shutdown_timeout(EXIT_WAIT);
+    served
 }
+
+/// How long the exit waits for tasks still running after the grace period.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);

@@ -513,17 +513,17 @@ class Suite:
                 return r[field], r["iops"] * (secs + ramp) / 1e6  # CPU per request, in µs
             do("nbdcopy-write", lambda: copy(nbdcopy(src, s.uri)))
             do("nbdcopy-read", lambda: copy(nbdcopy(s.uri, "null:")))
-            do("qemu-img-write", lambda: copy(qemu_img_write(src, s.uri)))
-            do("qemu-img-read", lambda: copy(qemu_img_read(s.uri, self.size)))
-            for rw in ("randread", "randwrite", "randrw"):
-                do(f"{rw}-qd32", lambda rw=rw: rand(rw, 32, "iops"))
-            for rw in ("randread", "randwrite", "randrw"):
-                do(f"{rw}-qd1", lambda rw=rw: rand(rw, 1, "lat_us"))
+            if shutil.which("qemu-img"):
+                do("qemu-img-write", lambda: copy(qemu_img_write(src, s.uri)))
+                do("qemu-img-read", lambda: copy(qemu_img_read(s.uri, self.size)))
+            for qd, field in ((32, "iops"), (1, "lat_us")) if self.have_fio else ():
+                for rw in ("randread", "randwrite", "randrw"):
+                    do(f"{rw}-qd{qd}", lambda rw=rw, qd=qd, field=field: rand(rw, qd, field))
         return out
 
     def servers(self):
         src = self.source_file()
-        kinds_wanted = self.args.servers
+        kinds_wanted = self.kinds
         for r in range(self.args.rounds):
             for backend in self.args.backends:
                 for transport in self.args.transports:
@@ -583,7 +583,7 @@ class Suite:
     def scaling(self):
         src = self.source_file()
         secs = max(1, self.args.seconds // 2)
-        kinds = [k for k in ("nbdx", "nbdkit") if k in self.args.servers]
+        kinds = [k for k in ("nbdx", "nbdkit") if k in self.kinds]
         sc = self.res["scaling"]
 
         def put(key, kind, v):
@@ -601,9 +601,10 @@ class Suite:
                             put(f"conns|{n}|nbdcopy-write", kind, w and self.size / w / MiB)
                             rd = self.attempt(f"scaling {kind} read C{n}", nbdcopy, s.uri, "null:", n)
                             put(f"conns|{n}|nbdcopy-read", kind, rd and self.size / rd / MiB)
-                            f = self.attempt(f"scaling {kind} fio jobs {n}", fio, s.uri, "randread", 8, secs, self.size,
-                                             numjobs=n)
-                            put(f"conns|{n}|randread-qd8", kind, f and f["iops"])
+                            if self.have_fio:
+                                f = self.attempt(f"scaling {kind} fio jobs {n}", fio, s.uri, "randread", 8, secs,
+                                                 self.size, numjobs=n)
+                                put(f"conns|{n}|randread-qd8", kind, f and f["iops"])
                         for rs in self.args.request_sizes:
                             w = self.attempt(f"scaling {kind} write rs {rs}", nbdcopy, src, s.uri, 4, rs)
                             put(f"reqsize|{rs}|nbdcopy-write", kind, w and self.size / w / MiB)
@@ -641,7 +642,9 @@ class Suite:
             ("4K randread QD32, fio", "file-randread", "file", True,
              lambda s: fio(s.uri, "randread", 32, secs, self.size)),
         ]
-        for kind in [k for k in ("nbdx", "nbdkit") if k in self.args.servers]:
+        if not self.have_fio:
+            workloads = [w for w in workloads if not w[0].startswith("4K")]
+        for kind in [k for k in ("nbdx", "nbdkit") if k in self.kinds]:
             for wname, tag, backend, fill, wl in workloads:
                 log(f"profile: {kind} {backend} unix: {wname}")
                 data = os.path.join(self.work, "perf.data")
@@ -748,11 +751,38 @@ class Suite:
 
     # -- main --------------------------------------------------------------------------------
     def run(self):
+        try:
+            return self.measure()
+        finally:
+            src = os.path.join(self.work, "src.img")
+            if os.path.exists(src):
+                os.unlink(src)
+            if self.own_work:
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    def measure(self):
         a = self.args
         self.res["config"] = {"rounds": a.rounds, "seconds": a.seconds, "size": a.size, "quick": a.quick,
                               "sections": a.sections, "servers": a.servers, "backends": a.backends,
                               "transports": a.transports, "conns": a.conns, "request_sizes": a.request_sizes,
                               "command": a.command or "bench/bench.py " + " ".join(sys.argv[1:])}
+        # What is there to run? Missing peers and drivers are skipped with a note, not failed on
+        # every round.
+        if not os.access(self.nbdx, os.X_OK):
+            raise SystemExit(f"bench: {self.nbdx} is missing (cargo build --release)")
+        for tool in ("nbdcopy", "nbdkit"):
+            if not shutil.which(tool):
+                raise SystemExit(f"bench: {tool} is missing (bench/run.sh installs it with apt)")
+        binary = {"nbdx": self.nbdx, "nbdkit": "nbdkit", "qemu-nbd": "qemu-nbd", "nbd-server": "nbd-server"}
+        self.kinds = [k for k in a.servers if shutil.which(binary[k])]
+        for k in sorted(set(a.servers) - set(self.kinds)):
+            self.res["notes"].append(f"{k} is not installed: its columns are empty")
+        self.have_fio = bool(shutil.which("fio")) and subprocess.run(
+            ["fio", "--enghelp=nbd"], capture_output=True, timeout=30).returncode == 0
+        if not self.have_fio:
+            self.res["notes"].append("fio with the nbd engine is not available: no 4 KiB random I/O numbers")
+        if not shutil.which("qemu-img"):
+            self.res["notes"].append("qemu-img is not installed: no qemu-img convert numbers")
         # Daemons (nbd-server) re-parent to us, so we can wait for them and count their CPU.
         LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.environment()
@@ -770,11 +800,6 @@ class Suite:
             c = self.meter.diff(total, self.meter.snap())
             if c:
                 self.res["cpu"]["total"] = c
-            src = os.path.join(self.work, "src.img")
-            if os.path.exists(src):
-                os.unlink(src)
-            if self.own_work:
-                shutil.rmtree(self.work, ignore_errors=True)
         return self.res
 
 
@@ -1113,6 +1138,21 @@ def demote_headings(text):
     return "\n".join(out)
 
 
+def file_origin(rel):
+    """'committed DATE in COMMIT' for a file as committed, else 'written DATE' (its mtime)."""
+    try:
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", rel], capture_output=True,
+                               text=True, timeout=20).stdout.strip()
+        last = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%cs in %h", "--", rel], capture_output=True,
+                              text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        dirty, last = "?", ""
+    if last and not dirty:
+        return f"committed {last}"
+    mtime = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(ROOT, rel)), datetime.timezone.utc)
+    return f"written {mtime:%Y-%m-%d %H:%M UTC}, not committed"
+
+
 def others_section():
     """The per-issue result files of the other benchmark scripts, under their own headings."""
     d = os.path.join(ROOT, "bench", "results")
@@ -1124,11 +1164,10 @@ def others_section():
         with open(os.path.join(d, name + ".md")) as f:
             text = f.read().strip()
         text = demote_headings(text)
-        mtime = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(d, name + ".md")),
-                                                datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        out_of = file_origin(os.path.join("bench", "results", name + ".md"))
         out.append(f'<a id="{name}-benchmark"></a>\n')
         out.append(f"### {titles.get(name, name.capitalize() + ' benchmark (bench/' + name + '.sh)')}\n")
-        out.append(f"_Included from `bench/results/{name}.md` (file dated {mtime}); produced by `bench/{name}.sh`, "
+        out.append(f"_Included from `bench/results/{name}.md` ({out_of}); produced by `bench/{name}.sh`, "
                    "not by this run._\n")
         out.append(text + "\n")
     if not names:
@@ -1267,6 +1306,7 @@ def main():
     ap.add_argument("--render-only", metavar="JSON", help="render the report from a results file; measure nothing")
     ap.add_argument("--workdir", help="scratch directory (default: a new one under /dev/shm, removed at the end)")
     ap.add_argument("--command", help="the command line to show in the report")
+    ap.add_argument("--check-args", action="store_true", help="only check the arguments (bench/run.sh does first)")
     a = ap.parse_args()
     for s in a.sections:
         if s not in ("ceilings", "servers", "copy", "scaling", "profile"):
@@ -1286,6 +1326,8 @@ def main():
     if a.rounds < 1 or a.seconds < 1 or a.size < MiB:
         ap.error("--rounds and --seconds must be at least 1, --size at least 1M")
 
+    if a.check_args:
+        return 0
     if a.render_only:
         with open(a.render_only) as f:
             res = json.load(f)

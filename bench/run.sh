@@ -187,6 +187,7 @@ main() {
     if [ "$RENDER_ONLY" = 1 ]; then
         exec "$PY" bench/bench.py --render-only target/bench/results.json --out "$OUT" "${PASS[@]}"
     fi
+    "$PY" bench/bench.py --check-args "${PASS[@]}" || exit 2
     install_tools
     if [ "$NO_BUILD" != 1 ]; then build; fi
     [ -x target/release/nbdx ] || { say "target/release/nbdx is missing (cargo build --release)"; exit 1; }

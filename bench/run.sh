@@ -111,12 +111,17 @@ trap on_signal INT TERM HUP
 
 # Runs a command in the background (so that signals reach this script) and waits for it.
 run_child() {
-    local rc=0
+    local rc
     "$@" &
     CHILD=$!
-    wait "$CHILD" || rc=$?
-    # A trapped signal interrupts `wait`; the child (bounded by `timeout`) is still ending.
-    while kill -0 "$CHILD" 2>/dev/null; do wait "$CHILD" || rc=$?; done
+    while :; do
+        rc=0
+        wait "$CHILD" || rc=$?
+        # Above 128: a trapped signal interrupted `wait`, or the child died of a signal. In the
+        # first case it is still ending (bounded by `timeout`): wait for it again.
+        if [ "$rc" -gt 128 ] && kill -0 "$CHILD" 2>/dev/null; then continue; fi
+        break
+    done
     CHILD=""
     return "$rc"
 }

@@ -1214,7 +1214,7 @@ def render(res):
             "notes, then re-render with `bench/run.sh --render-only`).", "",
             "## How to reproduce", "",
             "This file was produced by:", "", "```", cfg["command"], "```", "",
-            "The full run is `bench/run.sh` (5 rounds, 1 GiB, fio 5 s per workload; about an hour on 2 cores). It "
+            "The full run is `bench/run.sh` (5 rounds, 1 GiB, fio 5 s per workload; 60–80 minutes on 2 cores). It "
             "installs missing tools with apt (nbdkit, libnbd-bin, qemu-utils, nbd-server, fio, linux-perf), builds "
             "`cargo build --release` and the ceiling tool `bench/ceiling`, runs every section and writes this file; "
             "`bench/run.sh --help` lists the options (`--quick` for a smoke test, `--flamegraph` for SVGs, "

@@ -73,6 +73,10 @@ pub struct FileDevice {
     read_only: bool,
     kind: Kind,
     methods: Methods,
+    /// tmpfs/ramfs: I/O never waits, so requests run inline.
+    in_memory: bool,
+    /// `preadv2(RWF_NOWAIT)` works on this file system.
+    nowait_reads: AtomicBool,
     sys: Arc<dyn Syscalls>,
 }
 
@@ -112,7 +116,18 @@ impl FileDevice {
             zero_out: yes(),
             dsync: yes(),
         };
-        Ok(Self { file, size, read_only, kind, methods, sys })
+        let in_memory = kind == Kind::File && sys::in_memory_filesystem(&file);
+        Ok(Self { file, size, read_only, kind, methods, in_memory, nowait_reads: yes(), sys })
+    }
+
+    /// Runs a system call: inline on a memory file system, where it cannot
+    /// wait for a disk, else through [`run_blocking`].
+    fn blocking<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.in_memory {
+            f()
+        } else {
+            run_blocking(f)
+        }
     }
 
     /// Whether this is a block device (otherwise a regular file).
@@ -265,25 +280,33 @@ impl Device for FileDevice {
             multi_conn: true,
             rotational: matches!(self.kind, Kind::Block { rotational: true, .. }),
             extents: self.kind == Kind::File,
+            immediate: self.in_memory,
             ..Caps::default()
         }
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
         check_range(self.size, offset, buf.len() as u64, Errno::EINVAL)?;
+        if self.in_memory {
+            return self.file.read_exact_at(buf, offset).map_err(|e| os_error("read", e));
+        }
         // Page-cache hits are served on the spot; only what must come from
         // the disk pays for handing the worker's other tasks away.
-        let cached = sys::read_cached(&self.file, buf, offset);
-        if cached == buf.len() {
-            return Ok(());
+        let mut cached = 0;
+        if self.nowait_reads.load(Ordering::Relaxed) {
+            match sys::read_cached(&self.file, buf, offset) {
+                Some(n) if n == buf.len() => return Ok(()),
+                Some(n) => cached = n,
+                None => self.nowait_reads.store(false, Ordering::Relaxed),
+            }
         }
         let rest = &mut buf[cached..];
-        run_blocking(|| self.file.read_exact_at(rest, offset + cached as u64)).map_err(|e| os_error("read", e))
+        self.blocking(|| self.file.read_exact_at(rest, offset + cached as u64)).map_err(|e| os_error("read", e))
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> DeviceResult<()> {
         self.check_writable(offset, data.len() as u64, Errno::ENOSPC)?;
-        run_blocking(|| match fua {
+        self.blocking(|| match fua {
             true => self.write_durably(data, offset),
             false => self.file.write_all_at(data, offset),
         })
@@ -291,12 +314,12 @@ impl Device for FileDevice {
     }
 
     async fn flush(&self) -> DeviceResult<()> {
-        run_blocking(|| self.file.sync_data()).map_err(|e| os_error("fdatasync", e))
+        self.blocking(|| self.file.sync_data()).map_err(|e| os_error("fdatasync", e))
     }
 
     async fn trim(&self, offset: u64, length: u64, fua: bool) -> DeviceResult<()> {
         self.check_writable(offset, length, Errno::EINVAL)?;
-        run_blocking(|| {
+        self.blocking(|| {
             match self.kind {
                 Kind::File if length > 0 => {
                     let mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
@@ -325,19 +348,20 @@ impl Device for FileDevice {
         if length == 0 {
             return Ok(());
         }
-        let zeroed = run_blocking(|| {
-            let zeroed = match self.kind {
-                Kind::File => self.zero_file(offset, length, flags)?,
-                Kind::Block { sector, offloaded_zero, .. } => {
-                    self.zero_block(offset, length, sector, flags, offloaded_zero)?
+        let zeroed = self
+            .blocking(|| {
+                let zeroed = match self.kind {
+                    Kind::File => self.zero_file(offset, length, flags)?,
+                    Kind::Block { sector, offloaded_zero, .. } => {
+                        self.zero_block(offset, length, sector, flags, offloaded_zero)?
+                    }
+                };
+                if zeroed && flags.fua {
+                    self.file.sync_data()?;
                 }
-            };
-            if zeroed && flags.fua {
-                self.file.sync_data()?;
-            }
-            Ok(zeroed)
-        })
-        .map_err(|e| os_error("write zeroes", e))?;
+                Ok(zeroed)
+            })
+            .map_err(|e| os_error("write zeroes", e))?;
         match zeroed {
             true => Ok(()),
             false => Err(DeviceError::new(Errno::ENOTSUP, "no fast way to zero here")),
@@ -349,12 +373,12 @@ impl Device for FileDevice {
         if length == 0 {
             return Ok(());
         }
-        run_blocking(|| sys::will_need(&self.file, offset, length)).map_err(|e| os_error("posix_fadvise", e))
+        self.blocking(|| sys::will_need(&self.file, offset, length)).map_err(|e| os_error("posix_fadvise", e))
     }
 
     async fn extents(&self, offset: u64, length: u64) -> DeviceResult<Vec<Extent>> {
         check_range(self.size, offset, length, Errno::EINVAL)?;
-        match run_blocking(|| self.extents_blocking(offset, length)) {
+        match self.blocking(|| self.extents_blocking(offset, length)) {
             // Nothing is known: "a server MAY always safely report a status of 0".
             Err(e) if is_unsupported(&e) && length > 0 => Ok(vec![Extent { length, flags: AllocationFlags::empty() }]),
             result => result.map_err(|e| os_error("lseek", e)),

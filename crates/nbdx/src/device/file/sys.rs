@@ -86,10 +86,10 @@ pub(crate) trait Syscalls: Send + Sync + fmt::Debug {
 
 /// Reads what the page cache already holds of `buf.len()` bytes at
 /// `offset`, without blocking (`preadv2(RWF_NOWAIT)`): returns how many
-/// bytes were read, 0 when the first page is not cached (`EAGAIN`) or the
-/// kernel does not support the flag. The caller reads the rest the blocking
-/// way.
-pub(crate) fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> usize {
+/// bytes were read (0 when the first page is not cached), or `None` when
+/// the file system does not support the flag. The caller reads the rest the
+/// blocking way.
+pub(crate) fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> Option<usize> {
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
@@ -98,12 +98,27 @@ pub(crate) fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> usize {
         // SAFETY: `iov` describes `rest`, valid for writes of `iov_len` bytes
         // during the call; nothing else borrows it meanwhile.
         let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        if n < 0 && done == 0 && is_unsupported(&io::Error::last_os_error()) {
+            return None;
+        }
         if n <= 0 {
             break;
         }
         done += n as usize;
     }
-    done
+    Some(done)
+}
+
+/// Whether the file lives in memory (tmpfs, ramfs): its reads and writes
+/// never wait for a disk.
+pub(crate) fn in_memory_filesystem(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: fstatfs writes one `statfs` into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `file` keeps the descriptor open; `st` is valid for writes.
+    let r = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    r == 0 && matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 /// The real system calls.
@@ -200,11 +215,11 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         f.write_all(&data).unwrap();
         let mut buf = vec![0u8; 50_000];
-        let n = read_cached(&f, &mut buf, 30_000);
+        let n = read_cached(&f, &mut buf, 30_000).unwrap_or(0);
         assert!(n <= buf.len());
         assert_eq!(&buf[..n], &data[30_000..30_000 + n]);
         let mut tail = vec![0u8; 10];
-        let n = read_cached(&f, &mut tail, 99_995);
+        let n = read_cached(&f, &mut tail, 99_995).unwrap_or(0);
         assert!(n <= 5, "read past the end of the file");
     }
 

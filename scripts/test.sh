@@ -28,7 +28,7 @@ cd "$ROOT"
 
 # Debian's python3-libnbd belongs to the system python; another python3 may come first on PATH.
 readonly PY=/usr/bin/python3
-readonly ALL_SUITES=(lint unit interop hostile vm)
+readonly ALL_SUITES=(lint unit interop hostile s3 vm)
 # Debian packages the suites use, and a command (or python module) that proves each is there
 # (gnutls-bin: certtool and psktool make the TLS cases' credentials; libssl-dev and
 # pkg-config build nbdx's TLS-PSK support, which uses OpenSSL).
@@ -36,7 +36,7 @@ readonly APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils nbd-server nb
     libssl-dev pkg-config)
 readonly COMMANDS=(nbdkit nbdinfo nbdcopy nbdsh qemu-img qemu-io qemu-nbd nbd-server nbd-client strace certtool psktool)
 # Time limits (seconds) so that a hang cannot eat CI's 90 minutes.
-readonly LIMIT_BUILD=1800 LIMIT_LINT=900 LIMIT_UNIT=1200 LIMIT_INTEROP=900 LIMIT_HOSTILE=600 LIMIT_VM=900
+readonly LIMIT_BUILD=1800 LIMIT_LINT=900 LIMIT_UNIT=1200 LIMIT_INTEROP=900 LIMIT_HOSTILE=600 LIMIT_S3=1800 LIMIT_VM=900
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
@@ -165,6 +165,19 @@ suite_hostile() {
     esac
 }
 
+suite_s3() {
+    # A real 3-node Garage cluster on 127.0.0.1 (garage is built once with
+    # cargo install and cached under ~/.cache/nbdx/garage: ~9 min on a fresh
+    # 2-core machine), the S3 device's integration tests and the kill -9 case.
+    section "s3: tests/s3/run.sh (Garage cluster)"
+    local rc=0
+    timed "$LIMIT_S3" tests/s3/run.sh || rc=$?
+    case $rc in
+        0) record s3 PASS ;;
+        *) record s3 FAIL "tests/s3/run.sh exit status $rc" ;;
+    esac
+}
+
 suite_vm() {
     section "vm: scripts/vm-test.sh"
     local rc=0
@@ -183,7 +196,7 @@ main() {
         case $s in
             -h|--help) usage; exit 0 ;;
             all) suites+=("${ALL_SUITES[@]}") ;;
-            lint|unit|interop|hostile|vm) suites+=("$s") ;;
+            lint|unit|interop|hostile|s3|vm) suites+=("$s") ;;
             *) echo "test.sh: unknown suite '$s' (suites: ${ALL_SUITES[*]})" >&2; exit 2 ;;
         esac
     done
@@ -193,7 +206,7 @@ main() {
 
     install_peers
     # The interop suite needs the binary only when it tests nbdx; the hostile suite always does.
-    if [[ $selected == *" unit "* || $selected == *" lint "* || $selected == *" hostile "* ]] \
+    if [[ $selected == *" unit "* || $selected == *" lint "* || $selected == *" hostile "* || $selected == *" s3 "* ]] \
         || { [[ $selected == *" interop "* ]] && [ "${NBDX_INTEROP_SERVER:-nbdx}" = nbdx ]; }; then
         build
     fi

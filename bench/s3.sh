@@ -51,9 +51,9 @@ if [ -z "${NBDX_S3_ENDPOINT:-}" ]; then
 fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nbdx-bench-s3.XXXXXX")
 cleanup() {
-    [ -n "${S3_PID:-}" ] && kill -9 "$S3_PID" 2>/dev/null
+    if [ -n "${S3_PID:-}" ]; then kill -9 "$S3_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
-    [ "$STARTED" = 1 ] && tests/s3/garage-cluster.sh stop
+    if [ "$STARTED" = 1 ]; then tests/s3/garage-cluster.sh stop; fi
 }
 trap cleanup EXIT
 SOCK=$WORK/sock

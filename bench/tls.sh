@@ -30,7 +30,7 @@ WORK=$(mktemp -d /tmp/nbdx-tls-bench.XXXXXX)
 SRC=/dev/shm/nbdx-tls-bench-$$.img
 SERVER_PID=
 cleanup() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true; fi
     rm -rf "$WORK" "$SRC"
 }
 trap cleanup EXIT

@@ -25,7 +25,7 @@ $PY -c 'import nbd' 2>/dev/null || skip "no python3-libnbd for $PY"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nbdx-s3-crash.XXXXXX")
 cleanup() {
-    [ -n "${S3_PID:-}" ] && kill -9 "$S3_PID" 2>/dev/null
+    if [ -n "${S3_PID:-}" ]; then kill -9 "$S3_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -2,6 +2,9 @@
 //! them to the Linux kernel. Protocol logic lives in the `nbdx` library; this
 //! binary only parses arguments, wires the library up and reports errors.
 
+mod copy;
+mod info;
+mod map;
 mod serve;
 mod util;
 
@@ -24,6 +27,12 @@ struct Cli {
 enum Command {
     /// Serve a device (RAM disk, file, block device) over NBD.
     Serve(serve::ServeArgs),
+    /// Show what a server says about an export (like nbdinfo).
+    Info(info::InfoArgs),
+    /// Print the allocation map of an export (like nbdinfo --map).
+    Map(map::MapArgs),
+    /// Copy between NBD exports, files, block devices and pipes (like nbdcopy).
+    Copy(copy::CopyArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +43,9 @@ fn main() -> ExitCode {
     util::init_logging(cli.verbose);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Info(args) => info::run(args),
+        Command::Map(args) => map::run(args),
+        Command::Copy(args) => copy::run(args),
     };
     match result {
         Ok(code) => code,

@@ -21,12 +21,12 @@ const TICK: Duration = Duration::from_millis(200);
 pub(crate) struct CopyArgs {
     /// What to copy: an NBD URI (nbd://, nbd+unix://...), a file or block
     /// device, or - for standard input.
-    #[arg(value_name = "SOURCE")]
-    source: Endpoint,
+    #[arg(value_name = "SOURCE", value_parser = endpoint)]
+    source: String,
     /// Where to: an NBD URI, a file (created if missing) or block device,
     /// - for standard output, or null: to discard.
-    #[arg(value_name = "DESTINATION")]
-    destination: Endpoint,
+    #[arg(value_name = "DESTINATION", value_parser = endpoint)]
+    destination: String,
     /// Show progress on standard error: a bar on a terminal, else a
     /// percentage per line.
     #[arg(short, long)]
@@ -55,6 +55,11 @@ pub(crate) struct CopyArgs {
     /// Accepted for nbdcopy compatibility: the destination is always flushed.
     #[arg(long)]
     flush: bool,
+}
+
+/// Checks SOURCE or DESTINATION at parse time (a bad one exits 2).
+fn endpoint(s: &str) -> Result<String, String> {
+    Endpoint::parse(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
 }
 
 fn parse_request_size(s: &str) -> Result<usize, String> {
@@ -95,7 +100,7 @@ async fn show_progress(progress: Arc<Progress>, stop: CancellationToken) {
                 bar.set_position(done);
             }
             None => {
-                let percent = total.map(|t| if t == 0 { 100 } else { done * 100 / t });
+                let percent = total.map(|t| (done * 100).checked_div(t).unwrap_or(100));
                 if percent.is_some() && percent != last_percent {
                     eprintln!("{}%", percent.unwrap_or(0));
                     last_percent = percent;
@@ -124,7 +129,9 @@ pub(crate) fn run(args: CopyArgs) -> CliResult<ExitCode> {
         let progress = Arc::new(Progress::default());
         let stop = CancellationToken::new();
         let display = args.progress.then(|| tokio::spawn(show_progress(progress.clone(), stop.clone())));
-        let result = copy(&args.source, &args.destination, &opts, progress).await;
+        let (src, dst) = (Endpoint::parse(&args.source), Endpoint::parse(&args.destination));
+        let (src, dst) = (src.map_err(|e| e.to_string())?, dst.map_err(|e| e.to_string())?);
+        let result = copy(&src, &dst, &opts, progress).await;
         stop.cancel();
         if let Some(display) = display {
             let _ = display.await;

@@ -67,6 +67,8 @@ pub const DEFAULT_SPARSE: usize = 4096;
 /// One end of a copy.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+// Two of these exist per copy: boxing the URI would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Endpoint {
     /// An NBD export, with the options to connect with.
     Nbd {

@@ -64,6 +64,7 @@ struct ExportJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     uri: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     contexts: Vec<String>,
     is_rotational: bool,
     is_read_only: bool,

@@ -11,7 +11,7 @@ use nbdx::copy::{copy, CopyOptions, Endpoint, Progress, DEFAULT_CONNECTIONS, DEF
 use nbdx::source::parse_size;
 use tokio_util::sync::CancellationToken;
 
-use crate::util::{runtime, CliResult};
+use crate::util::CliResult;
 
 /// How often the progress display is updated.
 const TICK: Duration = Duration::from_millis(200);
@@ -125,7 +125,15 @@ pub(crate) fn run(args: CopyArgs) -> CliResult<ExitCode> {
         extents: !args.no_extents,
         destination_is_zero: args.destination_is_zero,
     };
-    runtime()?.block_on(async {
+    // One worker thread per connection at least, as nbdcopy has one thread
+    // per connection: on a busy machine each thread gets its share of CPU.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.max(opts.connections))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    rt.block_on(async {
         let progress = Arc::new(Progress::default());
         let stop = CancellationToken::new();
         let display = args.progress.then(|| tokio::spawn(show_progress(progress.clone(), stop.clone())));

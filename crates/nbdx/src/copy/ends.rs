@@ -1,13 +1,13 @@
 //! The two ends of a copy as the engine sees them: a [`Reader`] with an
 //! allocation map and a [`Writer`] that writes, zeroes and flushes. A
 //! stream (a pipe on standard input or output) is not one of these: the
-//! stream drivers in [`super::stream`] handle it.
+//! stream drivers in [`super::engine`] handle it.
 
 use std::sync::OnceLock;
 
 use async_trait::async_trait;
 
-use super::error::EndResult;
+use super::EndResult;
 use crate::device::Extent;
 
 /// A source with random access.

@@ -24,7 +24,7 @@ use nbdx_proto::AllocationFlags;
 use tokio::sync::Semaphore;
 
 use super::ends::{Reader, Writer};
-use super::error::{describe, EndError, EndResult};
+use super::{describe, EndError, EndResult};
 use crate::device::{run_blocking, Device, Extent, FileDevice, ZeroFlags};
 
 /// File system calls in flight at once, per file.

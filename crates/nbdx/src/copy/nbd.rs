@@ -7,7 +7,7 @@ use nbdx_proto::AllocationFlags;
 use tokio::task::JoinSet;
 
 use super::ends::{zeroes, Reader, Writer};
-use super::error::{dst_client, src_client, EndResult};
+use super::{dst_client, src_client, EndResult};
 use crate::client::{Client, ClientError, ClientOptions, ClientResult};
 use crate::device::{Extent, ZeroFlags};
 use crate::uri::NbdUri;
@@ -98,7 +98,7 @@ impl NbdWriter {
     /// Fails if the export is read-only.
     pub fn new(client: Client, known_zero: bool) -> EndResult<Self> {
         if client.info().is_read_only() {
-            return Err(super::error::EndError::destination("the export is read-only"));
+            return Err(super::EndError::destination("the export is read-only"));
         }
         Ok(Self { client, known_zero })
     }

@@ -11,11 +11,11 @@ use tokio::sync::Mutex;
 
 use super::ends::{NullWriter, Reader, Writer};
 use super::engine::{self, Job, Sink};
-use super::error::{describe, EndError, EndResult};
 use super::file::{classify, identity, FileReader, Opened, PendingFile};
 use super::nbd::{connect, NbdReader, NbdWriter};
 use super::plan::Planner;
-use super::{stream, CopyError, CopyOptions, CopyReport, Endpoint, Progress};
+use super::{describe, EndError, EndResult};
+use super::{CopyError, CopyOptions, CopyReport, Endpoint, Progress};
 
 /// The source, open.
 enum Input {
@@ -100,7 +100,7 @@ async fn run(src: &Endpoint, dst: &Endpoint, opts: &CopyOptions, progress: Arc<P
         }
         (Input::Random(reader), Ready::Stream(out)) => {
             let job = job(reader.clone(), Arc::new(NullWriter), opts, progress);
-            let copied = tokio::spawn(stream::to_stream(job, out, workers));
+            let copied = tokio::spawn(engine::to_stream(job, out, workers));
             copied.await.map_err(|e| EndError::destination(format!("copy task failed: {e}")))??;
             (report.bytes, report.data) = (reader.size(), reader.size());
             (Some(reader), None)
@@ -108,14 +108,14 @@ async fn run(src: &Endpoint, dst: &Endpoint, opts: &CopyOptions, progress: Arc<P
         (Input::Stream(input), Ready::Random(writer)) => {
             let sink = Arc::new(sink(writer.clone(), opts, progress));
             let request = request_size(opts, 1, writer.alignment()) as usize;
-            let copied = tokio::spawn(stream::from_stream(sink.clone(), input, request, workers));
+            let copied = tokio::spawn(engine::from_stream(sink.clone(), input, request, workers));
             report.bytes = copied.await.map_err(|e| EndError::source(format!("copy task failed: {e}")))??;
             report.data = sink.data.load(Ordering::Relaxed);
             writer.end(report.bytes).await?;
             (None, Some(writer))
         }
         (Input::Stream(input), Ready::Stream(out)) => {
-            let copied = tokio::spawn(async move { stream::stream_to_stream(input, out, &progress).await });
+            let copied = tokio::spawn(async move { engine::stream_to_stream(input, out, &progress).await });
             report.bytes = copied.await.map_err(|e| EndError::source(format!("copy task failed: {e}")))??;
             report.data = report.bytes;
             (None, None)

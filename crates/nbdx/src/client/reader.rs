@@ -114,7 +114,13 @@ async fn read_loop(shared: &Shared, r: &mut FrameReader, mode: ReplyMode) -> Cli
             ReplyHeader::Chunk(h) => chunk(r, &mut f, &h).await,
         };
         match step {
-            Ok(Some(result)) => shared.complete(f, result),
+            Ok(Some(result)) => {
+                let data = f.reply.cmd == Cmd::READ;
+                shared.complete(f, result);
+                if data {
+                    tokio::task::yield_now().await;
+                }
+            }
             Ok(None) => shared.put_back(cookie, f),
             Err(e) => {
                 shared.complete(f, Err(e.clone()));

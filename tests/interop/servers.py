@@ -69,6 +69,10 @@ class Server:
     pidfile: str = None
     #: A command line of the case's own (a function of the server), instead of the profile's.
     command: object = None
+    #: File descriptors the server inherits (e.g. a listening socket for socket activation).
+    pass_fds: tuple = ()
+    #: The Unix socket to probe and connect to, when the case chooses it (default: in workdir).
+    socket_path: str = None
     proc: subprocess.Popen = None
     port: int = 0
     stopped: bool = False
@@ -80,7 +84,8 @@ class Server:
             self.exports = [Export("", memory(64 << 20))]
         self.index = len([n for n in os.listdir(self.workdir) if n.startswith("server-")])
         self.tag = f"server-{self.index}"
-        self.socket_path = os.path.join(self.workdir, f"s{self.index}.sock")  # sun_path is short
+        if self.socket_path is None:
+            self.socket_path = os.path.join(self.workdir, f"s{self.index}.sock")  # sun_path is short
         self.log_path = os.path.join(self.workdir, f"{self.tag}.log")
 
     @property
@@ -137,8 +142,8 @@ class Server:
         with open(self.log_path, "ab") as log:
             log.write(("$ " + " ".join(argv) + "\n").encode())
             log.flush()
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=_die_with_parent, pass_fds=self.pass_fds)
 
     def wait_ready(self, timeout=READY_TIMEOUT):
         deadline = time.monotonic() + timeout

@@ -3,14 +3,16 @@
 //! binary only parses arguments, wires the library up and reports errors.
 
 mod copy;
+mod generate;
 mod info;
+mod layers;
 mod map;
 mod serve;
 mod util;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Network Block Device toolkit.
 #[derive(Debug, Parser)]
@@ -33,6 +35,10 @@ enum Command {
     Map(map::MapArgs),
     /// Copy between NBD exports, files, block devices and pipes (like nbdcopy).
     Copy(copy::CopyArgs),
+    /// Print a shell completion script (bash, elvish, fish, powershell, zsh).
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page (roff), or write all of them with --out-dir.
+    Manpage(generate::ManpageArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,8 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::Map(args) => map::run(args),
         Command::Copy(args) => copy::run(args),
+        Command::Completions(args) => generate::completions(Cli::command(), args).map(|()| ExitCode::SUCCESS),
+        Command::Manpage(args) => generate::manpage(Cli::command(), args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,29 +1,44 @@
-//! `nbdx serve`: serve one or more exports until SIGINT/SIGTERM.
+//! `nbdx serve`: serve one or more exports until SIGINT/SIGTERM, until a
+//! captive command exits (`--run`), or to one client on stdin/stdout (`-s`).
+//! The operational pieces live in `serve/`: listening endpoints and the
+//! printed URI, socket activation, captive mode, single mode and
+//! `--exit-with-parent`.
+
+mod activation;
+mod captive;
+mod endpoint;
+mod ops;
+mod parent;
+mod single;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use nbdx::server::{Listener, Server, ServerOptions};
+use nbdx::server::{Server, ServerOptions};
 use nbdx::source::Source;
 use nbdx::Export;
 
-use crate::util::{runtime, termination, uri_escape, CliResult};
+use self::ops::OpsArgs;
+use crate::layers::LayerArgs;
+use crate::util::{runtime, CliResult};
 
 /// Arguments of `nbdx serve`.
 #[derive(Debug, Args)]
+#[command(after_long_help = ops::AFTER_HELP)]
 pub(crate) struct ServeArgs {
     /// What to serve: memory:SIZE, null:SIZE, file:PATH or PATH (SIZE in
     /// bytes or with K/M/G/T). Default: memory:1G.
     #[arg(value_name = "SOURCE")]
     source: Option<Source>,
-    /// Listen on this Unix socket instead of TCP.
+    /// Listen on this Unix socket instead of TCP; `-` picks a private
+    /// socket in a new temporary directory, removed on exit.
     #[arg(short = 'U', long = "unix", value_name = "PATH")]
     unix: Option<PathBuf>,
-    /// TCP port.
-    #[arg(short, long, default_value_t = nbdx::proto::consts::DEFAULT_PORT, conflicts_with = "unix")]
-    port: u16,
+    /// TCP port [default: 10809].
+    #[arg(short, long, conflicts_with = "unix")]
+    port: Option<u16>,
     /// Listen on this address only (default: all addresses).
     #[arg(short, long, value_name = "ADDR", conflicts_with = "unix")]
     ip: Option<IpAddr>,
@@ -42,6 +57,10 @@ pub(crate) struct ServeArgs {
     /// Write the process id here once connections are accepted.
     #[arg(long, value_name = "FILE")]
     pidfile: Option<PathBuf>,
+    #[command(flatten)]
+    layers: LayerArgs,
+    #[command(flatten)]
+    ops: OpsArgs,
 }
 
 /// `--export NAME=SOURCE`.
@@ -50,16 +69,20 @@ fn parse_export(s: &str) -> Result<(String, Source), String> {
     Ok((name.to_owned(), Source::parse(source).map_err(|e| e.to_string())?))
 }
 
-/// The exports `args` describe, the first being the default.
+/// The exports `args` describe, the first being the default, each with
+/// the `--layer` stack on its device.
 fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
     let mut specs: Vec<(String, Source)> = Vec::new();
     if args.source.is_some() || args.exports.is_empty() {
         specs.push((args.export_name.clone().unwrap_or_default(), args.source.clone().unwrap_or_default()));
     }
     specs.extend(args.exports.iter().cloned());
+    if specs.len() > 1 && args.layers.uses_files() {
+        return Err("--layer cow=FILE and log=FILE need a single export (each export would use the same file)".into());
+    }
     let mut out = Vec::with_capacity(specs.len());
     for (name, source) in specs {
-        let device = source.open(args.read_only).map_err(|e| e.to_string())?;
+        let device = args.layers.open(&source, args.read_only)?;
         let mut export = Export::from_arc(name, device).with_read_only(args.read_only);
         if let Some(d) = &args.description {
             export = export.with_description(d.clone());
@@ -69,77 +92,40 @@ fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
     Ok(out)
 }
 
-/// Binds a Unix socket, replacing a stale socket file nobody listens on.
-fn bind_unix(path: &Path) -> CliResult<Listener> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        let stale = meta.file_type().is_socket() && std::os::unix::net::UnixStream::connect(path).is_err();
-        if !stale {
-            return Err(format!("{}: already exists", path.display()));
-        }
-        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    let l = tokio::net::UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Listener::Unix(l))
-}
-
-/// The URI a client uses to reach the default export.
-fn uri(args: &ServeArgs, name: &str, port: u16) -> String {
-    let name = uri_escape(name);
-    match &args.unix {
-        Some(path) => format!("nbd+unix:///{name}?socket={}", uri_escape(&path.to_string_lossy())),
-        None => {
-            let host = match args.ip {
-                Some(IpAddr::V6(v6)) => format!("[{v6}]"),
-                Some(ip) if !ip.is_unspecified() => ip.to_string(),
-                _ => "localhost".to_owned(),
-            };
-            format!("nbd://{host}:{port}/{name}")
-        }
-    }
-}
-
-pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
-    let exports = exports(&args)?;
-    let default_name = exports[0].name().to_owned();
+/// The server `args` describe.
+fn build_server(args: &ServeArgs) -> CliResult<Server> {
     let options = ServerOptions {
         // "-e NAME: only that name is served"; with --export the first
         // export is also the default.
         default_export: args.export_name.is_none() || !args.exports.is_empty(),
         ..ServerOptions::default()
     };
-    let server = exports
+    exports(args)?
         .into_iter()
         .fold(Server::builder(), |b, e| b.export(e))
         .options(options)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
+    // Before any thread exists: the environment is changed here.
+    let activated = activation::take_sockets()?;
+    let parent = parent::Parent::current();
+    if activated.is_some() {
+        if let Some(clash) = activation::clash(&args) {
+            eprintln!("nbdx: socket activation (LISTEN_FDS) cannot be combined with {clash}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let server = build_server(&args)?;
     let rt = runtime()?;
-    rt.block_on(async {
-        let listener = match &args.unix {
-            Some(path) => bind_unix(path)?,
-            None => Listener::bind_tcp(args.ip, args.port).map_err(|e| format!("port {}: {e}", args.port))?,
-        };
-        let port = listener.local_port().unwrap_or(args.port);
-        if let Some(pidfile) = &args.pidfile {
-            std::fs::write(pidfile, format!("{}\n", std::process::id()))
-                .map_err(|e| format!("{}: {e}", pidfile.display()))?;
-        }
-        println!("{}", uri(&args, &default_name, port));
-        let token = server.shutdown_token();
-        tokio::spawn(async move {
-            termination().await;
-            tracing::info!("shutting down");
-            token.cancel();
-        });
-        let served = server.serve(listener).await;
-        if let Some(path) = &args.unix {
-            let _ = std::fs::remove_file(path);
-        }
-        if let Some(pidfile) = &args.pidfile {
-            let _ = std::fs::remove_file(pidfile);
-        }
-        served.map_err(|e| format!("serving failed: {e}"))?;
-        Ok(ExitCode::SUCCESS)
-    })
+    if args.ops.single {
+        let served = rt.block_on(single::serve(&server, &args, parent));
+        // A read of stdin may still be blocked in a thread that cannot be
+        // cancelled: do not wait for it.
+        rt.shutdown_background();
+        return served.map(|()| ExitCode::SUCCESS);
+    }
+    rt.block_on(ops::serve(server, &args, activated, parent))
 }

@@ -43,6 +43,7 @@ impl RemoteDevice {
             rotational: i.is_rotational(),
             extents: client.can_block_status(),
             block_size: i.effective_block_size(),
+            immediate: false,
         };
         Self { client, caps }
     }

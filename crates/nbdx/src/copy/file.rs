@@ -16,7 +16,6 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -59,57 +58,19 @@ pub(crate) fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// A file or block device read from.
+/// A file or block device read from. Reads of what the page cache holds
+/// run inline ([`FileDevice`] tries `preadv2(RWF_NOWAIT)` first).
 #[derive(Debug)]
 pub(crate) struct FileReader {
     dev: FileDevice,
-    /// The same open file, for reads that must not block.
-    file: File,
-    /// Whether `preadv2(RWF_NOWAIT)` works here.
-    nowait: AtomicBool,
     calls: Semaphore,
 }
 
 impl FileReader {
     pub fn new(file: File) -> EndResult<Self> {
-        let err = |e: std::io::Error| EndError::source(describe(&e));
-        let clone = file.try_clone().map_err(err)?;
-        let dev = FileDevice::from_file(file, true).map_err(err)?;
-        Ok(Self { dev, file: clone, nowait: AtomicBool::new(true), calls: Semaphore::new(FILE_CALLS) })
+        let dev = FileDevice::from_file(file, true).map_err(|e| EndError::source(describe(&e)))?;
+        Ok(Self { dev, calls: Semaphore::new(FILE_CALLS) })
     }
-
-    /// Reads what the page cache already holds without blocking (no
-    /// thread hand-off); returns the bytes read from the start of `buf`.
-    fn read_cached(&self, offset: u64, buf: &mut [u8]) -> EndResult<usize> {
-        let mut got = 0;
-        while self.nowait.load(Ordering::Relaxed) && got < buf.len() {
-            match read_nowait(&self.file, &mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)) => {
-                    self.nowait.store(false, Ordering::Relaxed);
-                }
-                Err(e) => return Err(EndError::source(describe(&e))),
-            }
-        }
-        Ok(got)
-    }
-}
-
-/// `preadv2(RWF_NOWAIT)`: fails with `EAGAIN` instead of waiting for the disk.
-fn read_nowait(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let at = i64::try_from(offset).map_err(|_| std::io::Error::from_raw_os_error(libc::EOVERFLOW))?;
-    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    // SAFETY: `iov` describes `buf`, valid for writes of `iov_len` bytes for
-    // the duration of the call; the descriptor is kept open by `file`.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 #[async_trait]
@@ -127,12 +88,8 @@ impl Reader for FileReader {
     }
 
     async fn read(&self, offset: u64, mut buf: Vec<u8>) -> EndResult<Vec<u8>> {
-        let cached = self.read_cached(offset, &mut buf)?;
-        if cached < buf.len() {
-            let _permit = self.calls.acquire().await;
-            let rest = &mut buf[cached..];
-            self.dev.read(offset + cached as u64, rest).await.map_err(|e| EndError::source(e.message()))?;
-        }
+        let _permit = self.calls.acquire().await;
+        self.dev.read(offset, &mut buf).await.map_err(|e| EndError::source(e.message()))?;
         Ok(buf)
     }
 }

@@ -78,6 +78,11 @@ pub struct Caps {
     pub extents: bool,
     /// Size constraints the server advertises and enforces.
     pub block_size: BlockSize,
+    /// Operations finish without waiting for I/O (an in-memory device): the
+    /// server runs them on the connection's reader instead of spawning a
+    /// task per request, which saves a task hand-off per request. Devices
+    /// whose operations block or wait must leave this `false`.
+    pub immediate: bool,
 }
 
 impl Default for Caps {
@@ -95,6 +100,7 @@ impl Default for Caps {
             rotational: false,
             extents: false,
             block_size: BlockSize::default(),
+            immediate: false,
         }
     }
 }

@@ -55,6 +55,7 @@ impl Device for NullDevice {
             cache: Support::Native,
             multi_conn: true,
             extents: true,
+            immediate: true,
             ..Caps::default()
         }
     }

@@ -231,6 +231,7 @@ impl Device for CowLayer {
             rotational: base.rotational,
             extents: true,
             block_size: BlockSize { preferred, ..bs },
+            immediate: false,
         }
     }
 

@@ -51,7 +51,8 @@ impl Device for DelayLayer {
     }
 
     fn caps(&self) -> Caps {
-        self.inner.caps()
+        // Sleeping is waiting: never run inline.
+        Caps { immediate: false, ..self.inner.caps() }
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {

@@ -140,7 +140,8 @@ impl Device for LogLayer {
     }
 
     fn caps(&self) -> Caps {
-        self.inner.caps()
+        // Log lines go to a file: never run inline.
+        Caps { immediate: false, ..self.inner.caps() }
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {

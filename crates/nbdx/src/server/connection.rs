@@ -16,6 +16,7 @@ use nbdx_proto::server::{Command, Negotiated, PayloadAction};
 use nbdx_proto::{Errno, ProtocolError, RequestHeader};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::exec::Executor;
 use super::io::{FrameReader, Stream};
@@ -89,7 +90,7 @@ pub(crate) async fn run<S: Stream>(
             Err(e) => break End::Protocol(e),
         };
         let incoming = ctx.classify(header);
-        tracing::trace!(cookie = header.cookie, cmd = %header.cmd, offset = header.offset, length = header.length, "request");
+        tracing::debug!(cookie = header.cookie, cmd = %header.cmd, flags = ?header.flags, offset = header.offset, length = header.length, "request");
         let verdict = match (incoming.verdict, lame_duck.is_some()) {
             (Ok(Command::Disconnect), _) => break End::Disconnect,
             (Ok(_), true) => Err(Errno::ESHUTDOWN),
@@ -138,13 +139,24 @@ pub(crate) async fn run<S: Stream>(
                 if let Command::Read { length, .. } = cmd {
                     permit = Some(budget.acquire(length as usize).await);
                 }
+                if caps.immediate {
+                    // In-memory devices: no task hand-off per request.
+                    let reply = exec.run(header, cmd, payload).await;
+                    if tx.send(reply.hold(permit, Some(slot))).await.is_err() {
+                        break End::Io(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                    continue;
+                }
                 let exec = exec.clone();
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    let reply = exec.run(header, cmd, payload).await;
-                    // If the writer is gone the connection is closing anyway.
-                    let _ = tx.send(reply.hold(permit, Some(slot))).await;
-                });
+                tokio::spawn(
+                    async move {
+                        let reply = exec.run(header, cmd, payload).await;
+                        // If the writer is gone the connection is closing anyway.
+                        let _ = tx.send(reply.hold(permit, Some(slot))).await;
+                    }
+                    .in_current_span(),
+                );
             }
         }
     };

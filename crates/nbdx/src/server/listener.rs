@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use super::Server;
 
@@ -79,6 +80,7 @@ impl Listener {
 pub(super) async fn serve(server: Server, listener: Listener) -> io::Result<()> {
     let inner = &server.inner;
     let slots = Arc::new(Semaphore::new(inner.options.max_connections.max(1)));
+    let mut accepted_count: u64 = 0;
     loop {
         let accepted = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
@@ -101,22 +103,23 @@ pub(super) async fn serve(server: Server, listener: Listener) -> io::Result<()> 
             continue;
         };
         let server2 = server.clone();
-        inner.tracker.spawn(async move {
-            let span = tracing::info_span!("conn", %peer);
-            let _g = span.enter();
-            tracing::debug!("connected");
-            drop(_g);
-            let r = match stream {
-                Accepted::Tcp(s) => server2.serve_connection(s).await,
-                Accepted::Unix(s) => server2.serve_connection(s).await,
-            };
-            let _g = span.enter();
-            match r {
-                Ok(()) => tracing::debug!("disconnected"),
-                Err(e) => tracing::info!(error = %e, "connection ended"),
+        accepted_count += 1;
+        let span = tracing::info_span!("conn", id = accepted_count, %peer);
+        inner.tracker.spawn(
+            async move {
+                tracing::info!("connected");
+                let r = match stream {
+                    Accepted::Tcp(s) => server2.serve_connection(s).await,
+                    Accepted::Unix(s) => server2.serve_connection(s).await,
+                };
+                match r {
+                    Ok(()) => tracing::info!("disconnected"),
+                    Err(e) => tracing::info!(error = %e, "connection ended"),
+                }
+                drop(slot);
             }
-            drop(slot);
-        });
+            .instrument(span),
+        );
     }
     server.wait().await;
     Ok(())

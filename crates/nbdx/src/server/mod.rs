@@ -38,6 +38,7 @@ use async_trait::async_trait;
 use nbdx_proto::server::{ServerConfig, TlsMode};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use io::{BoxStream, Stream};
 pub use listener::Listener;
@@ -47,7 +48,7 @@ use crate::Export;
 use pool::{BufferPool, GlobalBudget};
 
 /// Upgrades a plaintext stream to TLS after `NBD_OPT_STARTTLS` was
-/// acknowledged (implemented over rustls in [`crate::tls`]).
+/// acknowledged (implemented over rustls by the `tls` module).
 #[async_trait]
 pub trait TlsAccept: Send + Sync + 'static {
     /// Runs the server side of the TLS handshake on `stream`.
@@ -152,11 +153,19 @@ impl Server {
             handshake::Outcome::Closed => Ok(()),
             handshake::Outcome::Transmission { stream, negotiated, leftover } => {
                 let export = &inner.exports[negotiated.export_index];
-                let span = tracing::debug_span!("transmission", export = %export.name(), mode = ?negotiated.mode);
-                let _enter = span.enter();
-                tracing::debug!(size = negotiated.size, flags = ?negotiated.flags, tls = negotiated.tls, "export opened");
-                drop(_enter);
-                connection::run(inner, stream, leftover, negotiated, export).await
+                let span = tracing::info_span!("export", name = %export.name());
+                let contexts: Vec<&str> = negotiated.meta_contexts.iter().map(|c| c.kind.name()).collect();
+                tracing::info!(
+                    parent: &span,
+                    size = negotiated.size,
+                    replies = ?negotiated.mode,
+                    tls = negotiated.tls,
+                    meta_contexts = ?contexts,
+                    block_size_requested = negotiated.block_size_requested,
+                    flags = ?negotiated.flags,
+                    "export opened"
+                );
+                connection::run(inner, stream, leftover, negotiated, export).instrument(span).await
             }
         }
     }

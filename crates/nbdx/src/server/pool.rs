@@ -16,10 +16,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const MIN_CLASS_SHIFT: u32 = 12;
 /// Size classes from 4 KiB to 32 MiB.
 const CLASSES: usize = 14;
-/// Pooled buffers kept per class.
-const KEEP_PER_CLASS: usize = 16;
+/// Pooled buffers kept per class: enough for a few connections' worth of
+/// in-flight requests, so steady traffic never goes back to the allocator
+/// (large blocks would mean mmap/munmap, page faults and TLB shootdowns).
+const KEEP_PER_CLASS: usize = 512;
 /// Bytes the pool keeps idle in total.
-const MAX_IDLE_BYTES: usize = 64 << 20;
+const MAX_IDLE_BYTES: usize = 128 << 20;
 
 /// Free lists of zero-initialised buffers by power-of-two size class.
 #[derive(Debug)]

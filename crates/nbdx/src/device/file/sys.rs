@@ -84,6 +84,28 @@ pub(crate) trait Syscalls: Send + Sync + fmt::Debug {
     }
 }
 
+/// Reads what the page cache already holds of `buf.len()` bytes at
+/// `offset`, without blocking (`preadv2(RWF_NOWAIT)`): returns how many
+/// bytes were read, 0 when the first page is not cached (`EAGAIN`) or the
+/// kernel does not support the flag. The caller reads the rest the blocking
+/// way.
+pub(crate) fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let iov = libc::iovec { iov_base: rest.as_mut_ptr() as *mut c_void, iov_len: rest.len() };
+        let Ok(at) = to_off(offset + done as u64) else { break };
+        // SAFETY: `iov` describes `rest`, valid for writes of `iov_len` bytes
+        // during the call; nothing else borrows it meanwhile.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        if n <= 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    done
+}
+
 /// The real system calls.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Os;
@@ -170,6 +192,21 @@ pub(crate) fn queue_attribute(rdev: u64, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_reads_return_a_correct_prefix_and_stop_at_the_end_of_the_file() {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let mut buf = vec![0u8; 50_000];
+        let n = read_cached(&f, &mut buf, 30_000);
+        assert!(n <= buf.len());
+        assert_eq!(&buf[..n], &data[30_000..30_000 + n]);
+        let mut tail = vec![0u8; 10];
+        let n = read_cached(&f, &mut tail, 99_995);
+        assert!(n <= 5, "read past the end of the file");
+    }
 
     #[test]
     fn ioctl_numbers_follow_the_targets_encoding() {

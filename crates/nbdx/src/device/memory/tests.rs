@@ -4,6 +4,7 @@ use super::*;
 use crate::device::conformance::{device_conformance_tests, pattern, Profile};
 
 const PAGE_BYTES: usize = MemoryDevice::PAGE_SIZE;
+const PAGE: u64 = PAGE_BYTES as u64;
 const HOLE: AllocationFlags = AllocationFlags::HOLE.union(AllocationFlags::ZERO);
 const DATA: AllocationFlags = AllocationFlags::empty();
 
@@ -142,8 +143,21 @@ fn zero_detection_finds_a_single_nonzero_byte_anywhere() {
 }
 
 #[test]
-fn segments_split_requests_at_page_boundaries() {
-    let got: Vec<_> = segments(PAGE - 2, PAGE + 4).collect();
-    assert_eq!(got, vec![(0, PAGE_BYTES - 2, 2, 0), (1, 0, PAGE_BYTES, 2), (2, 0, 2, PAGE_BYTES + 2)]);
+fn segments_split_requests_at_chunk_boundaries() {
+    let c = CHUNK as u64;
+    let got: Vec<_> = segments(c - 2, c + 4).collect();
+    assert_eq!(got, vec![(0, CHUNK - 2, 2, 0), (1, 0, CHUNK, 2), (2, 0, 2, CHUNK + 2)]);
     assert_eq!(segments(5, 0).count(), 0);
+}
+
+#[tokio::test]
+async fn a_chunk_left_without_data_is_unmapped() {
+    let dev = MemoryDevice::new(8 << 20);
+    dev.write(3 << 20, &[1u8; 4096], false).await.unwrap();
+    assert_eq!(dev.map().len(), 1);
+    dev.trim(2 << 20, 2 << 20, false).await.unwrap();
+    assert_eq!(dev.map().len(), 0);
+    dev.write(3 << 20, &[1u8; 4096], false).await.unwrap();
+    dev.write(3 << 20, &[0u8; 4096], false).await.unwrap();
+    assert_eq!(dev.map().len(), 0, "zeroing the last data unmaps the chunk");
 }

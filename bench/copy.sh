@@ -92,16 +92,18 @@ for r in $(seq "$ROUNDS"); do
 done
 
 {
-    echo "| case ($SIZE unless said) | nbdx wall s | nbdcopy wall s | nbdcopy/nbdx | nbdx cpu s | nbdcopy cpu s |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| case ($SIZE unless said) | nbdx wall s | nbdcopy wall s | nbdcopy/nbdx | best nbdx / nbdcopy s | nbdx cpu s | nbdcopy cpu s |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for c in "${CASES[@]}"; do
         nw=$(cut -d' ' -f1 "$WORK/$c.nbdx" | median); cw=$(cut -d' ' -f1 "$WORK/$c.nbdcopy" | median)
         nc=$(cut -d' ' -f2 "$WORK/$c.nbdx" | median); cc=$(cut -d' ' -f2 "$WORK/$c.nbdcopy" | median)
         ratio=$(awk -v a="$cw" -v b="$nw" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}')
-        echo "| ${LABEL[$c]} | $nw | $cw | $ratio× | $nc | $cc |"
+        nb=$(cut -d' ' -f1 "$WORK/$c.nbdx" | sort -n | head -n1); cb=$(cut -d' ' -f1 "$WORK/$c.nbdcopy" | sort -n | head -n1)
+        echo "| ${LABEL[$c]} | $nw | $cw | $ratio× | $nb / $cb | $nc | $cc |"
     done
     echo
-    echo "Medians of $ROUNDS interleaved rounds, \`-C 4\` for both (nbdcopy with \`--flush\`, as nbdx"
+    echo "Medians (and best) of $ROUNDS interleaved rounds; ratio > 1 means nbdx is faster;"
+    echo "\`-C 4\` for both (nbdcopy with \`--flush\`, as nbdx"
     echo "always flushes), Unix sockets; $(nproc) cores;"
     echo "nbdkit $(nbdkit --version | cut -d' ' -f2), $(nbdcopy --version | head -n1); $(date -u +%Y-%m-%d)."
     echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared)."

@@ -154,3 +154,27 @@ def progress_goes_to_stderr_as_percentages_on_a_pipe(ctx):
     assert all(line.endswith("%") for line in lines), lines
     image = sparse_image(ctx.path("p.img"), SIZE, data_pieces(4))
     assert nbdx(ctx, "copy", image, "null:", "--progress").stderr.decode().split()[-1] == "100%"
+
+
+@case
+def a_loop_block_device_is_checked_for_size_written_and_read_back(ctx):
+    backing = ctx.path("loop.img")
+    with open(backing, "wb") as f:
+        f.truncate(SIZE)
+    res = run(["losetup", "-f", "--show", backing], timeout=30, check=False)
+    device = res.stdout.decode().strip()
+    if res.returncode != 0 or not device.startswith("/dev/"):
+        ctx.skip(f"no loop device here: {res.stderr.decode().strip()}")
+    try:
+        big = start(ctx, "nbdkit", [Export("", memory(2 * SIZE))])
+        res = nbdx(ctx, "copy", big.uri(), device, check=False)
+        assert res.returncode == 1 and b"smaller than the source" in res.stderr, res.stderr
+        image = ctx.path("src.img")
+        make_image(image, SIZE, seed=21)
+        nbdx(ctx, "copy", image, device)
+        out = ctx.path("back.img")
+        nbdx(ctx, "copy", device, out)
+        assert sha256_file(out) == sha256_file(image), "file → block device → file changed the data"
+        assert os.stat(out).st_blocks * 512 < SIZE // 2, "zero blocks read from the device were written"
+    finally:
+        run(["losetup", "-d", device], timeout=30, check=False)

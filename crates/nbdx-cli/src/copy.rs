@@ -116,7 +116,23 @@ async fn show_progress(progress: Arc<Progress>, stop: CancellationToken) {
     }
 }
 
+/// Request buffers come from the heap, not from a mapping of their own:
+/// glibc maps every allocation above 128 KiB separately, and a copy
+/// through hundreds of separately mapped 256 KiB buffers measured a fifth
+/// more CPU than through heap memory (the kernel's copies into them, page
+/// table walks). Raising the threshold is process-wide, which suits a
+/// command that only copies.
+fn heap_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator tunable; it is called
+    // before the runtime threads start allocating.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+    }
+}
+
 pub(crate) fn run(args: CopyArgs) -> CliResult<ExitCode> {
+    heap_buffers();
     let opts = CopyOptions {
         connections: args.connections as usize,
         requests: args.requests as usize,

@@ -13,6 +13,7 @@
 //! a semaphore keeps a few calls at a time so that many requests in flight
 //! do not turn into as many threads.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -103,6 +104,8 @@ pub(crate) struct FileWriter {
     inline: Option<File>,
     known_zero: bool,
     calls: Semaphore,
+    /// Written ranges whose writeback was started, oldest first.
+    writeback: std::sync::Mutex<VecDeque<(u64, u64)>>,
 }
 
 /// A destination file opened and checked, not yet changed.
@@ -168,7 +171,40 @@ impl PendingFile {
         };
         let calls = Semaphore::new(if inline.is_some() { FILE_WRITES } else { FILE_CALLS });
         let dev = FileDevice::from_file(self.file, false).map_err(err)?;
-        Ok(Arc::new(FileWriter { dev, inline, known_zero, calls }))
+        Ok(Arc::new(FileWriter { dev, inline, known_zero, calls, writeback: Default::default() }))
+    }
+}
+
+/// Ranges of a destination file written and not yet known to be on disk.
+/// Beyond this many, the oldest is waited for and dropped from the cache.
+const WRITEBACK_WINDOWS: usize = 32;
+
+impl FileWriter {
+    /// Starts writing a range to disk at once, and waits for (then evicts
+    /// from the page cache) the range written [`WRITEBACK_WINDOWS`] writes
+    /// ago. The copy then keeps pace with the disk instead of filling the
+    /// page cache (whose reclaim, and the final flush of everything at
+    /// once, cost more CPU and time), and does not push other files'
+    /// pages out of the cache. Errors are left to the final flush.
+    fn start_writeback(&self, file: &File, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+        let mut windows = self.writeback.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() >= WRITEBACK_WINDOWS {
+            if let Some((o, l)) = windows.pop_front() {
+                let wait =
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+                // SAFETY: plain integer arguments on a descriptor `file` keeps open.
+                unsafe {
+                    libc::sync_file_range(fd, o as i64, l as i64, wait);
+                    libc::posix_fadvise(fd, o as i64, l as i64, libc::POSIX_FADV_DONTNEED);
+                }
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::sync_file_range(fd, off, n, libc::SYNC_FILE_RANGE_WRITE) };
+        windows.push_back((offset, len));
     }
 }
 
@@ -197,7 +233,9 @@ impl Writer for FileWriter {
             // when the disk is the bottleneck anyway. Handing each write to
             // another thread (block_in_place) cost more than it saved: two
             // context switches per request.
-            return file.write_all_at(data, offset).map_err(|e| EndError::destination(describe(&e)));
+            file.write_all_at(data, offset).map_err(|e| EndError::destination(describe(&e)))?;
+            self.start_writeback(file, offset, data.len() as u64);
+            return Ok(());
         }
         self.dev.write(offset, data, false).await.map_err(|e| EndError::destination(e.message()))
     }

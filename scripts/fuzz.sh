@@ -26,7 +26,8 @@ for t in "${targets[@]}"; do
     if cargo fuzz run -O "$t" "work/$t" "corpus/$t" -- -max_total_time="$secs" -print_final_stats=1 \
         >"work/$t.log" 2>&1; then
         runs=$(grep -o 'Done [0-9]* runs' "work/$t.log" | tail -1 || true)
-        echo "PASS $t: $(( $(date +%s) - start ))s clean ($runs)"
+        final=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*' "work/$t.log" | tail -1 || true)
+        echo "PASS $t: $(( $(date +%s) - start ))s clean ($runs; $final)"
     else
         echo "FAIL $t: see fuzz/work/$t.log and fuzz/artifacts/$t"
         tail -30 "work/$t.log"

@@ -9,6 +9,8 @@
 #   unit     cargo test --workspace --release
 #   interop  tests/interop/run.py: real clients (libnbd, qemu, nbdcopy) against
 #            target/release/nbdx; NBDX_INTEROP_SERVER=nbdkit runs it against nbdkit
+#   hostile  tests/hostile/run.py: malformed and abusive clients, lame-duck shutdown and
+#            kill -9 crash consistency against target/release/nbdx (docs/security.md)
 #   vm       scripts/vm-test.sh: kernel tests under a VM (last: it downgrades qemu-utils)
 #
 # Before the suites it installs missing peers with apt (non-interactive, as root or via
@@ -17,7 +19,7 @@
 # exit status is non-zero if any step failed.
 #
 # Environment: NBDX_TEST_NO_INSTALL=1 skips the apt step; NBDX_INTEROP_SERVER,
-# NBDX_INTEROP_SEED, NBDX_VM_* are passed on (see tests/interop/run.py, scripts/vm-test.sh).
+# NBDX_INTEROP_SEED, NBDX_HOSTILE_SEED, NBDX_VM_* are passed on (see tests/interop/run.py, scripts/vm-test.sh).
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -26,12 +28,15 @@ cd "$ROOT"
 
 # Debian's python3-libnbd belongs to the system python; another python3 may come first on PATH.
 readonly PY=/usr/bin/python3
-readonly ALL_SUITES=(lint unit interop vm)
-# Debian packages the suites use, and a command (or python module) that proves each is there.
-readonly APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils nbd-server nbd-client python3)
-readonly COMMANDS=(nbdkit nbdinfo nbdcopy nbdsh qemu-img qemu-io qemu-nbd nbd-server nbd-client)
+readonly ALL_SUITES=(lint unit interop hostile vm)
+# Debian packages the suites use, and a command (or python module) that proves each is there
+# (gnutls-bin: certtool and psktool make the TLS cases' credentials; libssl-dev and
+# pkg-config build nbdx's TLS-PSK support, which uses OpenSSL).
+readonly APT_PACKAGES=(nbdkit libnbd-bin python3-libnbd qemu-utils nbd-server nbd-client python3 strace gnutls-bin
+    libssl-dev pkg-config)
+readonly COMMANDS=(nbdkit nbdinfo nbdcopy nbdsh qemu-img qemu-io qemu-nbd nbd-server nbd-client strace certtool psktool)
 # Time limits (seconds) so that a hang cannot eat CI's 90 minutes.
-readonly LIMIT_BUILD=1800 LIMIT_LINT=900 LIMIT_UNIT=1200 LIMIT_INTEROP=900 LIMIT_VM=900
+readonly LIMIT_BUILD=1800 LIMIT_LINT=900 LIMIT_UNIT=1200 LIMIT_INTEROP=900 LIMIT_HOSTILE=600 LIMIT_VM=900
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
@@ -149,6 +154,17 @@ suite_interop() {
     esac
 }
 
+suite_hostile() {
+    section "hostile: tests/hostile against target/release/nbdx"
+    local rc=0
+    timed "$LIMIT_HOSTILE" "$PY" tests/hostile/run.py || rc=$?
+    case $rc in
+        0) record hostile PASS ;;
+        2) record hostile FAIL "the suite could not start; see above" ;;
+        *) record hostile FAIL "failed cases are listed above" ;;
+    esac
+}
+
 suite_vm() {
     section "vm: scripts/vm-test.sh"
     local rc=0
@@ -167,7 +183,7 @@ main() {
         case $s in
             -h|--help) usage; exit 0 ;;
             all) suites+=("${ALL_SUITES[@]}") ;;
-            lint|unit|interop|vm) suites+=("$s") ;;
+            lint|unit|interop|hostile|vm) suites+=("$s") ;;
             *) echo "test.sh: unknown suite '$s' (suites: ${ALL_SUITES[*]})" >&2; exit 2 ;;
         esac
     done
@@ -176,8 +192,8 @@ main() {
     local t0=$SECONDS
 
     install_peers
-    # The interop suite needs the binary only when it tests nbdx.
-    if [[ $selected == *" unit "* || $selected == *" lint "* ]] \
+    # The interop suite needs the binary only when it tests nbdx; the hostile suite always does.
+    if [[ $selected == *" unit "* || $selected == *" lint "* || $selected == *" hostile "* ]] \
         || { [[ $selected == *" interop "* ]] && [ "${NBDX_INTEROP_SERVER:-nbdx}" = nbdx ]; }; then
         build
     fi

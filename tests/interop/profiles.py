@@ -34,6 +34,11 @@ class Profile:
     def argv(self, srv):
         raise NotImplementedError
 
+    def refuse_extra_args(self, srv):
+        """Options of the nbdx command line mean nothing to another server."""
+        if srv.extra_args:
+            raise RuntimeError(f"{self.name} does not take the nbdx options {' '.join(srv.extra_args)}")
+
     def missing(self, feature):
         """The reason a feature is missing, or None when it is there."""
         return None if feature in self.features else f"{self.name} cannot do this ({feature})"
@@ -44,6 +49,7 @@ class NbdxProfile(Profile):
     features = frozenset({
         "memory", "null", "file", "names", "multi-export", "description", "block-size",
         "extended-headers", "fast-zero", "pidfile", "print-uri", "nbdx-cli", "prompt-stop",
+        "tls", "tls-on", "tls-only", "tls-psk",
     })
 
     def __init__(self, binary=None):
@@ -71,6 +77,12 @@ class NbdxProfile(Profile):
             args += ["-d", srv.description]
         if srv.pidfile:
             args += ["--pidfile", srv.pidfile]
+        if srv.tls:
+            args += [f"--tls={srv.tls.mode}"]
+            args += ["--tls-psk", srv.tls.psk] if srv.tls.psk else ["--tls-certificates", srv.tls.dir]
+            args += ["--tls-verify-peer"] if srv.tls.verify_peer else []
+            args += [arg for name in srv.tls.tls_only for arg in ("--tls-only", name)]
+        args += list(srv.extra_args)
         if len(srv.exports) == 1:
             (exp,) = srv.exports
             if exp.name:
@@ -88,7 +100,7 @@ class NbdkitProfile(Profile):
     # SIGTERM it waits for connected clients to go away ("prompt-stop").
     features = frozenset({
         "memory", "null", "file", "names", "multi-export", "description", "block-size",
-        "fast-zero", "pidfile",
+        "fast-zero", "pidfile", "tls", "tls-on", "tls-psk",
     })
     expected_failures = {
         "a_client_killed_with_large_reads_in_flight_leaves_the_server_serving_intact_data":
@@ -100,6 +112,7 @@ class NbdkitProfile(Profile):
         subprocess.run(["nbdkit", "--version"], check=True, capture_output=True, timeout=30)
 
     def argv(self, srv):
+        self.refuse_extra_args(srv)
         args = ["nbdkit", "-f", "--exit-with-parent"]
         if srv.unix:
             args += ["-U", srv.socket_path]
@@ -109,6 +122,10 @@ class NbdkitProfile(Profile):
             args.append("-r")
         if srv.pidfile:
             args += ["-P", srv.pidfile]
+        if srv.tls:
+            args += [f"--tls={srv.tls.mode}"]
+            args += [f"--tls-psk={srv.tls.psk}"] if srv.tls.psk else [f"--tls-certificates={srv.tls.dir}"]
+            args += ["--tls-verify-peer"] if srv.tls.verify_peer else []
         filters = ["--filter=exportname", "--filter=blocksize-policy"]
         params = ["blocksize-minimum=1", "blocksize-preferred=4096",
                   "blocksize-maximum=33554432", "blocksize-error-policy=error"]
@@ -134,7 +151,7 @@ class NbdkitProfile(Profile):
 
 class QemuNbdProfile(Profile):
     name = "qemu-nbd"
-    features = frozenset({"memory", "file", "names", "description", "block-size", "pidfile"})
+    features = frozenset({"memory", "file", "names", "description", "block-size", "pidfile", "tls"})
     expected_failures = {
         "request_errors_keep_the_connection_alive":
             "qemu-nbd answers a write beyond the end with EINVAL (proto.md: SHOULD be ENOSPC)",
@@ -150,6 +167,7 @@ class QemuNbdProfile(Profile):
         subprocess.run(["qemu-nbd", "--version"], check=True, capture_output=True, timeout=30)
 
     def argv(self, srv):
+        self.refuse_extra_args(srv)
         if len(srv.exports) != 1:
             raise RuntimeError("qemu-nbd serves one export")
         (exp,) = srv.exports
@@ -165,6 +183,11 @@ class QemuNbdProfile(Profile):
             args += ["-D", srv.description]
         if srv.pidfile:
             args += ["--pid-file", srv.pidfile]
+        if srv.tls:
+            # qemu-nbd has one TLS mode: required.
+            verify = "on" if srv.tls.verify_peer else "off"
+            args += ["--object", f"tls-creds-x509,id=tls0,dir={srv.tls.dir},endpoint=server,verify-peer={verify}",
+                     "--tls-creds", "tls0"]
         return args + [srv.backing_file(exp)]
 
 

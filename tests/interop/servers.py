@@ -69,10 +69,14 @@ class Server:
     pidfile: str = None
     #: A command line of the case's own (a function of the server), instead of the profile's.
     command: object = None
+    #: Options of the nbdx command line added to the profile's (limits, for the hostile suite).
+    extra_args: tuple = ()
     #: File descriptors the server inherits (e.g. a listening socket for socket activation).
     pass_fds: tuple = ()
     #: The Unix socket to probe and connect to, when the case chooses it (default: in workdir).
     socket_path: str = None
+    #: TLS settings (cases_tls.Tls: mode, certificate directory, verify_peer, tls_only), or None.
+    tls: object = None
     proc: subprocess.Popen = None
     port: int = 0
     stopped: bool = False

@@ -35,8 +35,8 @@ impl LayerArgs {
 
     /// Opens `source` (read-only if asked, or if a cow layer protects it)
     /// and stacks the layers on it.
-    pub(crate) fn open(&self, source: &Source, read_only: bool) -> CliResult<Arc<dyn Device>> {
-        let base = source.open(read_only || self.has_cow()).map_err(|e| e.to_string())?;
+    pub(crate) async fn open(&self, source: &Source, read_only: bool) -> CliResult<Arc<dyn Device>> {
+        let base = source.open_async(read_only || self.has_cow()).await.map_err(|e| e.to_string())?;
         apply_layers(base, &self.layers).map_err(|e| e.to_string())
     }
 }
@@ -45,6 +45,12 @@ impl LayerArgs {
 mod tests {
     use super::*;
 
+    impl LayerArgs {
+        fn open_blocking(&self, source: &Source, read_only: bool) -> CliResult<Arc<dyn Device>> {
+            tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(self.open(source, read_only))
+        }
+    }
+
     fn args(specs: &[&str]) -> LayerArgs {
         LayerArgs { layers: specs.iter().map(|s| s.parse().unwrap()).collect() }
     }
@@ -52,9 +58,9 @@ mod tests {
     #[test]
     fn a_cow_layer_makes_a_read_only_base_writable() {
         let source = Source::Memory { size: 1 << 20 };
-        assert!(args(&[]).open(&source, true).unwrap().caps().read_only);
-        assert!(!args(&["cow"]).open(&source, false).unwrap().caps().read_only);
-        assert!(!args(&["delay=0", "cow"]).open(&source, false).unwrap().caps().read_only);
+        assert!(args(&[]).open_blocking(&source, true).unwrap().caps().read_only);
+        assert!(!args(&["cow"]).open_blocking(&source, false).unwrap().caps().read_only);
+        assert!(!args(&["delay=0", "cow"]).open_blocking(&source, false).unwrap().caps().read_only);
     }
 
     #[test]

@@ -2,12 +2,19 @@
 //! them to the Linux kernel. Protocol logic lives in the `nbdx` library; this
 //! binary only parses arguments, wires the library up and reports errors.
 
+mod attach;
 mod copy;
+mod detach;
 mod generate;
 mod info;
 mod layers;
+mod limits;
+mod loopdev;
 mod map;
+mod monitor;
 mod serve;
+mod status;
+mod tls_args;
 mod util;
 
 use std::process::ExitCode;
@@ -28,7 +35,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve a device (RAM disk, file, block device) over NBD.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Attach an NBD export to the kernel as /dev/nbdN (prints the path).
+    Attach(attach::AttachArgs),
+    /// Detach /dev/nbdN.
+    Detach(detach::DetachArgs),
+    /// Show what /dev/nbdN devices are attached to.
+    Status(status::StatusArgs),
+    /// Serve SOURCE in-process as /dev/nbdN (foreground, or around --run CMD).
+    Loop(loopdev::LoopArgs),
     /// Show what a server says about an export (like nbdinfo).
     Info(info::InfoArgs),
     /// Print the allocation map of an export (like nbdinfo --map).
@@ -48,7 +63,11 @@ fn main() -> ExitCode {
     };
     util::init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Attach(args) => attach::run(args),
+        Command::Detach(args) => detach::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Loop(args) => loopdev::run(args),
         Command::Info(args) => info::run(args),
         Command::Map(args) => map::run(args),
         Command::Copy(args) => copy::run(args),

@@ -22,6 +22,8 @@ use nbdx::Export;
 
 use self::ops::OpsArgs;
 use crate::layers::LayerArgs;
+use crate::limits::LimitArgs;
+use crate::tls_args::TlsArgs;
 use crate::util::{runtime, CliResult};
 
 /// Arguments of `nbdx serve`.
@@ -61,6 +63,10 @@ pub(crate) struct ServeArgs {
     layers: LayerArgs,
     #[command(flatten)]
     ops: OpsArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// `--export NAME=SOURCE`.
@@ -69,21 +75,28 @@ fn parse_export(s: &str) -> Result<(String, Source), String> {
     Ok((name.to_owned(), Source::parse(source).map_err(|e| e.to_string())?))
 }
 
-/// The exports `args` describe, the first being the default, each with
-/// the `--layer` stack on its device.
-fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
+/// The name and source of each export, the first being the default.
+fn specs(args: &ServeArgs) -> Vec<(String, Source)> {
     let mut specs: Vec<(String, Source)> = Vec::new();
     if args.source.is_some() || args.exports.is_empty() {
         specs.push((args.export_name.clone().unwrap_or_default(), args.source.clone().unwrap_or_default()));
     }
     specs.extend(args.exports.iter().cloned());
+    specs
+}
+
+/// The exports `args` describe, the first being the default, each with
+/// the `--layer` stack on its device.
+async fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
+    let specs = specs(args);
     if specs.len() > 1 && args.layers.uses_files() {
         return Err("--layer cow=FILE and log=FILE need a single export (each export would use the same file)".into());
     }
     let mut out = Vec::with_capacity(specs.len());
     for (name, source) in specs {
-        let device = args.layers.open(&source, args.read_only)?;
-        let mut export = Export::from_arc(name, device).with_read_only(args.read_only);
+        let device = args.layers.open(&source, args.read_only).await?;
+        let tls_only = args.tls.is_tls_only(&name);
+        let mut export = Export::from_arc(name, device).with_read_only(args.read_only).with_tls_only(tls_only);
         if let Some(d) = &args.description {
             export = export.with_description(d.clone());
         }
@@ -93,19 +106,18 @@ fn exports(args: &ServeArgs) -> CliResult<Vec<Export>> {
 }
 
 /// The server `args` describe.
-fn build_server(args: &ServeArgs) -> CliResult<Server> {
-    let options = ServerOptions {
+async fn build_server(args: &ServeArgs) -> CliResult<Server> {
+    let options = args.limits.apply(ServerOptions {
         // "-e NAME: only that name is served"; with --export the first
         // export is also the default.
         default_export: args.export_name.is_none() || !args.exports.is_empty(),
         ..ServerOptions::default()
-    };
-    exports(args)?
-        .into_iter()
-        .fold(Server::builder(), |b, e| b.export(e))
-        .options(options)
-        .build()
-        .map_err(|e| e.to_string())
+    });
+    let mut builder = exports(args).await?.into_iter().fold(Server::builder(), |b, e| b.export(e)).options(options);
+    if let Some((mode, acceptor)) = args.tls.acceptor()? {
+        builder = builder.tls(mode, acceptor);
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
@@ -118,8 +130,14 @@ pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    let server = build_server(&args)?;
+    let names: Vec<String> = specs(&args).into_iter().map(|(name, _)| name).collect();
+    if let Some(misuse) = args.tls.misuse(&names) {
+        eprintln!("nbdx: {misuse} (see 'nbdx serve --help')");
+        return Ok(ExitCode::from(2));
+    }
     let rt = runtime()?;
+    // Devices open inside the runtime: some (s3://) talk to the network.
+    let server = rt.block_on(build_server(&args))?;
     if args.ops.single {
         let served = rt.block_on(single::serve(&server, &args, parent));
         // A read of stdin may still be blocked in a thread that cannot be
@@ -127,5 +145,12 @@ pub(crate) fn run(args: ServeArgs) -> CliResult<ExitCode> {
         rt.shutdown_background();
         return served.map(|()| ExitCode::SUCCESS);
     }
-    rt.block_on(ops::serve(server, &args, activated, parent))
+    let served = rt.block_on(ops::serve(server, &args, activated, parent));
+    // Connections still running once the grace period is over are
+    // abandoned: a device call stuck in the kernel must not delay the exit.
+    rt.shutdown_timeout(EXIT_WAIT);
+    served
 }
+
+/// How long the exit waits for tasks still running after the grace period.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);

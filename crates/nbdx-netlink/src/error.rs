@@ -82,6 +82,12 @@ pub enum Error {
     /// The netlink transport failed other than with an errno.
     #[error("netlink: {0}")]
     Netlink(String),
+    /// Connecting to or negotiating with the NBD server failed.
+    #[error(transparent)]
+    Client(#[from] nbdx::client::ClientError),
+    /// What the export asks for cannot be given to the kernel.
+    #[error("{0}")]
+    Unsupported(String),
     /// I/O on a socket, device node or sysfs file.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -37,6 +37,13 @@
 //! * `NbdNetlink` (Linux): commands over a netlink socket the caller owns
 //!   (transport by neli); `LinkDeadMonitor` for the multicast events.
 //! * `ioctl` and `sysfs` (Linux): the fallback, device names, readiness.
+//! * [`configure`] (Linux): a negotiated connection (`nbdx::client::Handover`)
+//!   becomes `/dev/nbdN`, with size, flags and block sizes from the handshake;
+//!   [`Driver`] picks netlink or the ioctls.
+//! * [`loopback`] (Linux): an in-process `nbdx` device served over
+//!   socketpairs and attached; detached when dropped.
+//! * [`Supervisor`] (Linux): reconnects a device whose server went away and
+//!   hands the kernel the new sockets (RECONFIGURE).
 //!
 //! Everything that touches the OS is compiled on Linux only; the codec and
 //! the error type build everywhere.
@@ -50,13 +57,19 @@ pub mod message;
 pub mod nla;
 
 #[cfg(target_os = "linux")]
+mod configure;
+#[cfg(target_os = "linux")]
 mod ioctl;
+#[cfg(target_os = "linux")]
+mod loopback;
 #[cfg(target_os = "linux")]
 mod monitor;
 #[cfg(target_os = "linux")]
 mod netlink;
 #[cfg(target_os = "linux")]
 mod request;
+#[cfg(target_os = "linux")]
+mod supervise;
 #[cfg(target_os = "linux")]
 mod sysfs;
 
@@ -65,7 +78,14 @@ pub use message::{DeviceStatus, GenlMessage};
 pub use nla::DecodeError;
 
 #[cfg(target_os = "linux")]
+pub use configure::{
+    configure, configure_ioctl, configure_with, connect_request, driver_loaded, kernel_block_size, page_size,
+    Attachment, ConfigureOptions, Driver, Interface, DEFAULT_READY_TIMEOUT,
+};
+#[cfg(target_os = "linux")]
 pub use ioctl::{connect_ioctl, disconnect_ioctl, IoctlConnection, IoctlDevice};
+#[cfg(target_os = "linux")]
+pub use loopback::{loopback, Loopback, LoopbackOptions};
 #[cfg(target_os = "linux")]
 pub use monitor::LinkDeadMonitor;
 #[cfg(target_os = "linux")]
@@ -73,4 +93,9 @@ pub use netlink::NbdNetlink;
 #[cfg(target_os = "linux")]
 pub use request::{ClientFlags, ConnectRequest, ReconfigureRequest};
 #[cfg(target_os = "linux")]
-pub use sysfs::{backend, device_path, list_devices, parse_device, pid, size_bytes, wait_until_ready};
+pub use supervise::Supervisor;
+#[cfg(target_os = "linux")]
+pub use sysfs::{
+    backend, device_path, limit_request_size, list_devices, parse_device, pid, read_only, size_bytes, wait_until_ready,
+    wait_until_stopped,
+};

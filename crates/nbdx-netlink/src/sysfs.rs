@@ -55,6 +55,23 @@ pub fn pid(index: u32) -> Result<Option<u32>> {
     Paths::system().pid(index)
 }
 
+/// Whether the block layer treats the device as read-only (`ro`).
+pub fn read_only(index: u32) -> Result<bool> {
+    Paths::system().read_only(index)
+}
+
+/// Caps the size of the requests the block layer sends (`queue/max_sectors_kb`)
+/// at `maximum` bytes, when that is below the current cap.
+pub fn limit_request_size(index: u32, maximum: u64) -> Result<()> {
+    Paths::system().limit_request_size(index, maximum)
+}
+
+/// Waits until the device is no longer started (`pid` gone), or fails with
+/// [`Error::Timeout`].
+pub fn wait_until_stopped(index: u32, timeout: Duration) -> Result<()> {
+    Paths::system().wait_until_stopped(index, timeout)
+}
+
 /// Waits until `/sys/block/nbdN/size` shows `size_bytes` (in whole sectors)
 /// and `/dev/nbdN` can be opened, or fails with [`Error::Timeout`].
 pub fn wait_until_ready(index: u32, size_bytes: u64, timeout: Duration) -> Result<()> {
@@ -125,22 +142,33 @@ impl Paths {
         Ok(text.trim().parse().ok().filter(|&pid| pid != 0))
     }
 
-    pub(crate) fn wait_until_ready(&self, index: u32, size_bytes: u64, timeout: Duration) -> Result<()> {
-        let start = Instant::now();
-        let want = size_bytes / 512 * 512;
-        let mut interval = Duration::from_millis(1);
-        loop {
-            let Some(missing) = self.probe(index, want)? else { return Ok(()) };
-            let elapsed = start.elapsed();
-            if elapsed >= timeout {
-                return Err(Error::Timeout {
-                    what: format!("/dev/nbd{index} to become usable with {size_bytes} bytes ({missing})"),
-                    after: timeout,
-                });
-            }
-            std::thread::sleep(interval.min(timeout - elapsed));
-            interval = (interval * 2).min(Duration::from_millis(50));
+    pub(crate) fn read_only(&self, index: u32) -> Result<bool> {
+        Ok(self.read_attr(index, "ro")?.is_some_and(|ro| ro.trim() == "1"))
+    }
+
+    pub(crate) fn limit_request_size(&self, index: u32, maximum: u64) -> Result<()> {
+        let attr = self.attr(index, "queue/max_sectors_kb");
+        let current: u64 = std::fs::read_to_string(&attr)?.trim().parse().unwrap_or(u64::MAX);
+        let wanted = maximum / 1024;
+        if wanted < current {
+            std::fs::write(&attr, format!("{}\n", wanted.max(1)))?;
         }
+        Ok(())
+    }
+
+    pub(crate) fn wait_until_stopped(&self, index: u32, timeout: Duration) -> Result<()> {
+        poll(timeout, || match self.pid(index)? {
+            None => Ok(None),
+            Some(pid) => Ok(Some(format!("/dev/nbd{index} to stop (still started by pid {pid})"))),
+        })
+    }
+
+    pub(crate) fn wait_until_ready(&self, index: u32, size_bytes: u64, timeout: Duration) -> Result<()> {
+        let want = size_bytes / 512 * 512;
+        poll(timeout, || {
+            let missing = self.probe(index, want)?;
+            Ok(missing.map(|m| format!("/dev/nbd{index} to become usable with {size_bytes} bytes ({m})")))
+        })
     }
 
     /// `None` when ready, else what is still missing; hard errors end the wait.
@@ -159,6 +187,22 @@ impl Paths {
             }
             Err(e) => Err(Error::from_io("open", index, e)),
         }
+    }
+}
+
+/// Polls `probe` with a growing interval (1 ms to 50 ms) until it returns
+/// `None`, or fails with [`Error::Timeout`] naming the last thing awaited.
+fn poll(timeout: Duration, mut probe: impl FnMut() -> Result<Option<String>>) -> Result<()> {
+    let start = Instant::now();
+    let mut interval = Duration::from_millis(1);
+    loop {
+        let Some(what) = probe()? else { return Ok(()) };
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
+            return Err(Error::Timeout { what, after: timeout });
+        }
+        std::thread::sleep(interval.min(timeout - elapsed));
+        interval = (interval * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -210,6 +254,31 @@ mod tests {
         let err = paths.wait_until_ready(2, 4096, Duration::from_millis(30)).unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err}");
         assert!(err.to_string().contains("size is 0 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_device_that_keeps_its_pid_never_counts_as_stopped() {
+        let (_dir, paths) = fake(Some(8), true);
+        std::fs::write(paths.attr(2, "pid"), "77\n").unwrap();
+        let err = paths.wait_until_stopped(2, Duration::from_millis(20)).unwrap_err();
+        assert!(err.to_string().contains("still started by pid 77"), "{err}");
+        std::fs::remove_file(paths.attr(2, "pid")).unwrap();
+        paths.wait_until_stopped(2, Duration::from_millis(20)).unwrap();
+    }
+
+    #[test]
+    fn the_request_size_is_only_ever_lowered() {
+        let (_dir, paths) = fake(Some(8), true);
+        std::fs::create_dir_all(paths.attr(2, "queue")).unwrap();
+        let attr = paths.attr(2, "queue/max_sectors_kb");
+        std::fs::write(&attr, "1280\n").unwrap();
+        paths.limit_request_size(2, 32 << 20).unwrap();
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1280\n");
+        paths.limit_request_size(2, 64 << 10).unwrap();
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "64\n");
+        assert!(!paths.read_only(2).unwrap());
+        std::fs::write(paths.attr(2, "ro"), "1\n").unwrap();
+        assert!(paths.read_only(2).unwrap());
     }
 
     #[test]

@@ -85,6 +85,7 @@ mod export;
 pub mod layer;
 pub mod server;
 pub mod source;
+pub mod tls;
 pub mod uri;
 
 /// The attribute [`Device`](device::Device) implementations use, re-exported

@@ -7,6 +7,7 @@
 //! | `null:SIZE` | [`NullDevice`]: reads zeroes, discards writes |
 //! | `file:PATH` | [`FileDevice`]: regular file or block device |
 //! | `PATH` | the same as `file:PATH` |
+//! | `s3://BUCKET/PREFIX?…` | [`S3Device`](crate::device::s3::S3Device) (feature `s3`): see [`S3Config`](crate::device::s3::S3Config) |
 //!
 //! The default is [`DEFAULT_SOURCE`], `memory:1G`. SIZE is parsed by
 //! [`parse_size`]. Prefixes are lowercase; any other `scheme://...` is
@@ -48,6 +49,9 @@ pub enum Source {
         /// The regular file or block device.
         path: PathBuf,
     },
+    /// `s3://BUCKET/PREFIX?…`: a disk in an S3-compatible object store.
+    #[cfg(feature = "s3")]
+    S3(Box<crate::device::s3::S3Config>),
 }
 
 /// Why a SOURCE could not be parsed or opened. Each message is one line
@@ -80,6 +84,10 @@ pub enum SourceError {
         /// The scheme before `://`.
         scheme: String,
     },
+    /// An `s3://` source is malformed or could not be opened.
+    #[cfg(feature = "s3")]
+    #[error("{0}")]
+    S3(#[from] crate::device::s3::S3Error),
     /// The device could not be opened.
     #[error("{source_text}: {}", describe(.error))]
     Open {
@@ -194,6 +202,8 @@ impl Source {
                 true => Err(SourceError::MissingPath { text: text.to_owned() }),
                 false => Ok(Self::File { path: path.into() }),
             }
+        } else if cfg!(feature = "s3") && text.starts_with("s3://") {
+            Self::parse_s3(text)
         } else if let Some((scheme, _)) = text.split_once("://").filter(|(scheme, _)| is_scheme(scheme)) {
             Err(SourceError::UnknownScheme { text: text.to_owned(), scheme: scheme.to_owned() })
         } else {
@@ -201,7 +211,22 @@ impl Source {
         }
     }
 
+    #[cfg(feature = "s3")]
+    fn parse_s3(text: &str) -> Result<Self, SourceError> {
+        let config = crate::device::s3::S3Config::parse(text).map_err(crate::device::s3::S3Error::from)?;
+        Ok(Self::S3(Box::new(config)))
+    }
+
+    #[cfg(not(feature = "s3"))]
+    fn parse_s3(_: &str) -> Result<Self, SourceError> {
+        unreachable!("s3:// is only recognised with the s3 feature")
+    }
+
     /// Opens the device, refusing writes if `read_only`.
+    ///
+    /// An `s3://` source must be opened on a multi-threaded tokio runtime (its background
+    /// tasks run there): from async code prefer [`Source::open_async`]; this blocks the
+    /// worker thread meanwhile, and outside a runtime it fails with a clear error.
     pub fn open(&self, read_only: bool) -> Result<Arc<dyn Device>, SourceError> {
         Ok(match self {
             Self::Memory { size } => Arc::new(MemoryDevice::new(*size).with_read_only(read_only)),
@@ -210,7 +235,37 @@ impl Source {
                 FileDevice::open(path, read_only)
                     .map_err(|error| SourceError::Open { source_text: self.to_string(), error })?,
             ),
+            #[cfg(feature = "s3")]
+            Self::S3(config) => {
+                use tokio::runtime::{Handle, RuntimeFlavor};
+                let in_runtime =
+                    Handle::try_current().ok().filter(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+                let Some(handle) = in_runtime else {
+                    return Err(SourceError::Open {
+                        source_text: config.display_name(),
+                        error: io::Error::other("s3:// sources are opened on a multi-threaded tokio runtime"),
+                    });
+                };
+                tokio::task::block_in_place(|| handle.block_on(Self::open_s3(config, read_only)))?
+            }
         })
+    }
+
+    /// Opens the device, refusing writes if `read_only`; the way to open from async code.
+    pub async fn open_async(&self, read_only: bool) -> Result<Arc<dyn Device>, SourceError> {
+        match self {
+            #[cfg(feature = "s3")]
+            Self::S3(config) => Self::open_s3(config, read_only).await,
+            _ => self.open(read_only),
+        }
+    }
+
+    /// `read_only` opens without the lease (see [`crate::device::s3`]).
+    #[cfg(feature = "s3")]
+    async fn open_s3(config: &crate::device::s3::S3Config, read_only: bool) -> Result<Arc<dyn Device>, SourceError> {
+        let mut config = config.clone();
+        config.read_only |= read_only;
+        Ok(Arc::new(crate::device::s3::S3Device::open(config).await?))
     }
 }
 
@@ -235,6 +290,8 @@ impl fmt::Display for Source {
             Self::Memory { size } => write!(f, "memory:{}", format_size(*size)),
             Self::Null { size } => write!(f, "null:{}", format_size(*size)),
             Self::File { path } => write!(f, "file:{}", path.display()),
+            #[cfg(feature = "s3")]
+            Self::S3(config) => write!(f, "{config}"),
         }
     }
 }

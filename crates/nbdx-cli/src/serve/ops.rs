@@ -128,7 +128,7 @@ pub(crate) async fn serve(
     };
     let export = server.exports()[0].name().to_owned();
     let endpoint = bound[0].endpoint.clone();
-    let uri = endpoint.uri(&export);
+    let uri = args.tls.uri(endpoint.uri(&export), &export);
     let _pidfile = PidFile::write(args.pidfile.as_deref())?;
     if print_uri {
         println!("{uri}");

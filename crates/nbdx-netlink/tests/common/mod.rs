@@ -1,28 +1,41 @@
-//! Fixtures of the kernel tests: a minimal NBD responder for the kernel's
-//! side of a socketpair, direct I/O on `/dev/nbdN`, and the skip rule.
+//! Fixtures of the kernel tests: the real nbdx server on the kernel's side
+//! of a socketpair, a RAM disk that counts what reaches it, direct I/O on
+//! `/dev/nbdN`, and the skip rule.
 //!
-//! The responder is a test fixture, not a server: there is no handshake (the
-//! kernel only ever gets sockets after negotiation), and it answers the
-//! transmission-phase requests the kernel sends with simple replies, one at a
-//! time, on a RAM disk shared with the test.
+//! Each connection is negotiated by the nbdx client (`handover_over`), as
+//! `nbdx attach` does, and then handed to the kernel; the server keeps a
+//! clone of its end so a test can cut the connection like a crashed server.
 
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Shutdown;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nbdx_proto::consts::{REQUEST_MAGIC, SIMPLE_REPLY_MAGIC};
-use nbdx_proto::Cmd;
+use async_trait::async_trait;
+use nbdx::client::{handover_over, ClientOptions, Stream};
+use nbdx::device::{Caps, Device, DeviceResult, ZeroFlags};
+use nbdx::proto::client::Connected;
+use nbdx::proto::BlockSize;
+use nbdx::server::Server;
+use nbdx::{Export, MemoryDevice};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
 
-/// `NBD_EINVAL` for requests outside the disk or of unknown type.
-const NBD_EINVAL: u32 = 22;
+/// Says why a test did not run, on the real stderr: the test harness
+/// captures `println!`, but not writes to the stream itself, so the skip
+/// shows in every `cargo test` run.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {} ({reason})", std::thread::current().name().unwrap_or("?"));
+}
 
 /// Serialises the kernel tests: they share the host's devices.
 static KERNEL: Mutex<()> = Mutex::new(());
@@ -30,134 +43,166 @@ static KERNEL: Mutex<()> = Mutex::new(());
 /// Whether the kernel tests can run here; prints why not.
 pub fn nbd_available() -> Option<MutexGuard<'static, ()>> {
     if !Path::new("/sys/module/nbd").exists() {
-        println!("SKIP: no nbd driver (/sys/module/nbd does not exist)");
+        skip("no nbd driver (/sys/module/nbd does not exist)");
         return None;
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP: not root (the nbd driver needs CAP_SYS_ADMIN)");
+        skip("not root (the nbd driver needs CAP_SYS_ADMIN)");
         return None;
     }
     Some(KERNEL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
-/// A RAM disk shared by the test and its responders.
-#[derive(Clone)]
-pub struct Disk(Arc<Mutex<Vec<u8>>>);
+/// A RAM disk that counts the requests reaching it.
+pub struct Disk {
+    inner: MemoryDevice,
+    block_size: Option<BlockSize>,
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub flushes: AtomicU64,
+    pub trims: AtomicU64,
+}
 
 impl Disk {
-    pub fn new(size: usize) -> Self {
-        Disk(Arc::new(Mutex::new(vec![0; size])))
+    pub fn new(size: u64) -> Arc<Self> {
+        Self::with_block_size(size, None)
     }
 
-    pub fn read(&self, offset: usize, len: usize) -> Vec<u8> {
-        self.0.lock().unwrap()[offset..offset + len].to_vec()
+    /// A disk that advertises `NBD_INFO_BLOCK_SIZE`.
+    pub fn with_block_size(size: u64, block_size: Option<BlockSize>) -> Arc<Self> {
+        Arc::new(Disk {
+            inner: MemoryDevice::new(size),
+            block_size,
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            trims: AtomicU64::new(0),
+        })
     }
 
-    pub fn write(&self, offset: usize, data: &[u8]) {
-        self.0.lock().unwrap()[offset..offset + data.len()].copy_from_slice(data);
+    pub fn count(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::SeqCst)
+    }
+
+    /// Reads the RAM disk directly (not through the kernel).
+    pub fn peek(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        block_on_now(self.inner.read(offset, &mut buf)).unwrap();
+        buf
+    }
+
+    /// Writes the RAM disk directly.
+    pub fn poke(&self, offset: u64, data: &[u8]) {
+        block_on_now(self.inner.write(offset, data, false)).unwrap();
     }
 }
 
-/// What a responder saw.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub reads: u64,
-    pub writes: u64,
-    pub flushes: u64,
-    /// Whether it ended on `NBD_CMD_DISC` (else on end of stream).
-    pub disc: bool,
+/// MemoryDevice completes at once; a throwaway runtime drives it.
+fn block_on_now<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 }
 
-/// A thread answering the kernel on one socket.
-pub struct Responder {
+#[async_trait]
+impl Device for Disk {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn caps(&self) -> Caps {
+        let caps = self.inner.caps();
+        Caps { block_size: self.block_size.unwrap_or(caps.block_size), ..caps }
+    }
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read(offset, buf).await
+    }
+    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> DeviceResult<()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> DeviceResult<()> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        self.inner.flush().await
+    }
+    async fn trim(&self, offset: u64, length: u64, fua: bool) -> DeviceResult<()> {
+        self.trims.fetch_add(1, Ordering::SeqCst);
+        self.inner.trim(offset, length, fua).await
+    }
+    async fn write_zeroes(&self, offset: u64, length: u64, flags: ZeroFlags) -> DeviceResult<()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.write_zeroes(offset, length, flags).await
+    }
+}
+
+/// The nbdx server for one disk, on a runtime of its own.
+pub struct Served {
+    pub runtime: Runtime,
+    pub server: Server,
+    pub disk: Arc<Disk>,
+}
+
+/// One served connection: the socket for the kernel and the server's side.
+pub struct Connection {
+    /// The client end, negotiated, for the kernel.
+    pub socket: OwnedFd,
+    pub export: Connected,
     control: UnixStream,
-    thread: JoinHandle<io::Result<Stats>>,
+    task: JoinHandle<()>,
 }
 
-impl Responder {
-    pub fn spawn(socket: UnixStream, disk: Disk) -> Self {
-        let control = socket.try_clone().expect("clone responder socket");
-        let thread = std::thread::spawn(move || serve(socket, &disk));
-        Responder { control, thread }
+impl Served {
+    pub fn new(disk: Arc<Disk>) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let server = Server::new(vec![Export::from_arc("", disk.clone() as Arc<dyn Device>)]).unwrap();
+        Served { runtime, server, disk }
     }
 
-    /// Waits for the responder to end (`NBD_CMD_DISC` or end of stream).
-    pub fn join(self) -> io::Result<Stats> {
-        self.thread.join().expect("responder panicked")
-    }
-
-    /// Closes the connection under the kernel, as a crashed server would.
-    pub fn kill(self) -> io::Result<Stats> {
-        self.control.shutdown(Shutdown::Both)?;
-        self.join()
-    }
-}
-
-fn serve(mut socket: UnixStream, disk: &Disk) -> io::Result<Stats> {
-    let mut stats = Stats::default();
-    let mut header = [0u8; 28];
-    loop {
-        if !read_or_eof(&mut socket, &mut header)? {
-            return Ok(stats);
-        }
-        let be32 = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().unwrap());
-        if be32(0) != REQUEST_MAGIC {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad request magic {:#x}", be32(0))));
-        }
-        let cmd = Cmd((be32(4) & 0xffff) as u16);
-        let handle: [u8; 8] = header[8..16].try_into().unwrap();
-        let offset = u64::from_be_bytes(header[16..24].try_into().unwrap()) as usize;
-        let len = be32(24) as usize;
-        let in_range = offset.checked_add(len).is_some_and(|end| end <= disk.0.lock().unwrap().len());
-        let reply = |socket: &mut UnixStream, error: u32, data: &[u8]| -> io::Result<()> {
-            let mut out = Vec::with_capacity(16 + data.len());
-            out.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-            out.extend_from_slice(&error.to_be_bytes());
-            out.extend_from_slice(&handle);
-            out.extend_from_slice(data);
-            socket.write_all(&out)
-        };
-        match cmd {
-            Cmd::DISC => {
-                stats.disc = true;
-                return Ok(stats);
-            }
-            Cmd::READ if in_range => {
-                stats.reads += 1;
-                reply(&mut socket, 0, &disk.read(offset, len))?;
-            }
-            Cmd::WRITE => {
-                let mut data = vec![0; len];
-                socket.read_exact(&mut data)?;
-                stats.writes += 1;
-                if in_range {
-                    disk.write(offset, &data);
-                }
-                reply(&mut socket, if in_range { 0 } else { NBD_EINVAL }, &[])?;
-            }
-            Cmd::FLUSH => {
-                stats.flushes += 1;
-                reply(&mut socket, 0, &[])?;
-            }
-            _ => reply(&mut socket, NBD_EINVAL, &[])?,
-        }
+    /// A negotiated connection to the server.
+    pub fn connect(&self) -> Connection {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let control = theirs.try_clone().unwrap();
+        let server = self.server.clone();
+        let _enter = self.runtime.enter();
+        theirs.set_nonblocking(true).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let theirs = tokio::net::UnixStream::from_std(theirs).unwrap();
+        let task = self.runtime.spawn(async move {
+            let _ = server.serve_connection(theirs).await;
+        });
+        let ours = tokio::net::UnixStream::from_std(ours).unwrap();
+        let handover = self.runtime.block_on(handover_over(Stream::Unix(ours), &ClientOptions::new())).unwrap();
+        Connection { socket: handover.socket.into_fd(), export: handover.export, control, task }
     }
 }
 
-/// Reads a whole header; `false` on a clean end of stream before its first byte.
-fn read_or_eof(socket: &mut UnixStream, buf: &mut [u8]) -> io::Result<bool> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match socket.read(&mut buf[filled..]) {
-            Ok(0) if filled == 0 => return Ok(false),
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+impl Connection {
+    /// Closes the client end (after the kernel took its reference) and
+    /// keeps the server's side.
+    pub fn release_socket(self) -> ServerSide {
+        ServerSide { control: self.control, task: self.task }
     }
-    Ok(true)
+}
+
+/// The server's side of a connection handed to the kernel.
+pub struct ServerSide {
+    control: UnixStream,
+    task: JoinHandle<()>,
+}
+
+impl ServerSide {
+    /// Waits (bounded) for the server to end the connection, as it does
+    /// after `NBD_CMD_DISC`.
+    pub fn join(self, served: &Served) {
+        let task = self.task;
+        let ended = served.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await });
+        assert!(ended.is_ok(), "the server connection did not end within 30 s");
+    }
+
+    /// Cuts the connection under the kernel, as a crashed server would.
+    pub fn kill(self, served: &Served) {
+        self.control.shutdown(Shutdown::Both).unwrap();
+        self.join(served);
+    }
 }
 
 /// `/dev/nbdN` opened with `O_DIRECT`: every read and write reaches the server.
@@ -167,8 +212,11 @@ const ALIGN: usize = 4096;
 
 impl DirectDevice {
     pub fn open(index: u32) -> io::Result<Self> {
-        let path = nbdx_netlink::device_path(index);
-        OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path).map(DirectDevice)
+        Self::open_path(&nbdx_netlink::device_path(index), true)
+    }
+
+    pub fn open_path(path: &Path, write: bool) -> io::Result<Self> {
+        OpenOptions::new().read(true).write(write).custom_flags(libc::O_DIRECT).open(path).map(DirectDevice)
     }
 
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -219,6 +267,18 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
+/// Writes at `offset` through the device and reads back what the test puts
+/// in the disk at `offset + len`, proving both directions reach the server.
+pub fn check_io(dev: &DirectDevice, disk: &Disk, offset: u64, len: usize, seed: u32) {
+    let written = pattern(len, seed);
+    dev.write_at(offset, &written).unwrap();
+    dev.sync().unwrap();
+    assert_eq!(disk.peek(offset, len), written, "write through /dev/nbdN reached the server");
+    let served = pattern(len, seed + 1000);
+    disk.poke(offset + len as u64, &served);
+    assert_eq!(dev.read_at(offset + len as u64, len).unwrap(), served, "read came from the server");
+}
+
 /// Polls `condition` until it holds, for at most `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -228,4 +288,9 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
         std::thread::sleep(interval);
         interval = (interval * 2).min(Duration::from_millis(50));
     }
+}
+
+/// A sysfs attribute of the device, trimmed.
+pub fn sysfs_attr(index: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/sys/block/nbd{index}/{name}")).unwrap().trim().to_owned()
 }

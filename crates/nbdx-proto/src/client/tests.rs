@@ -231,6 +231,24 @@ fn block_status_for_an_unknown_or_repeated_context_is_a_protocol_error() {
 }
 
 #[test]
+fn block_status_extents_before_the_last_must_end_inside_the_request() {
+    let mode = ReplyMode::Extended;
+    let e = |lengths: &[u64]| ChunkPayload::BlockStatus {
+        context_id: 1,
+        extents: lengths.iter().map(|l| Extent { length: *l, flags: 0 }).collect(),
+    };
+    let accepts = |lengths: &[u64]| {
+        let mut p = PendingReply::new(Cmd::BLOCK_STATUS, 0, 4096, CmdFlags::empty(), mode, &[1]);
+        let (h, payload) = chunk(mode, 1, 0, &e(lengths), true);
+        p.payload(&h, &payload).is_ok()
+    };
+    assert!(accepts(&[1 << 40]), "a single extent may reach beyond the request");
+    assert!(accepts(&[4095, 1 << 40]), "so may the last");
+    assert!(!accepts(&[4096, 1]), "the first extents already cover the request");
+    assert!(!accepts(&[u64::MAX, 2, 1]), "a sum that overflows");
+}
+
+#[test]
 fn block_status_lacking_a_context_is_a_protocol_error() {
     let mut p = PendingReply::new(Cmd::BLOCK_STATUS, 0, 4096, CmdFlags::empty(), ReplyMode::Structured, &[1, 2]);
     let (h, payload) = chunk(

@@ -192,6 +192,15 @@ impl PendingReply {
                 if self.flags.contains(CmdFlags::REQ_ONE) && (extents.len() != 1 || extents[0].length > self.length) {
                     return Err(ProtocolError::InvalidChunk("NBD_CMD_FLAG_REQ_ONE answered with more than one extent"));
                 }
+                // "the sum of the length fields of the first N-1 extents (if
+                // any) MUST be less than the requested length"; only the last
+                // may reach beyond the request.
+                if let Some((_, first)) = extents.split_last() {
+                    let covered = first.iter().try_fold(0u64, |sum, e| sum.checked_add(e.length));
+                    if !first.is_empty() && covered.is_none_or(|sum| sum >= self.length) {
+                        return Err(ProtocolError::InvalidChunk("block status extents run past the request"));
+                    }
+                }
                 self.seen_contexts.push(context_id);
                 self.extents.push((context_id, extents));
                 Ok(None)

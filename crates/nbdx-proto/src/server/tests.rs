@@ -482,6 +482,26 @@ fn too_many_failed_options_in_a_row_end_the_session() {
 }
 
 #[test]
+fn more_options_than_the_per_handshake_limit_end_the_session_even_when_they_succeed() {
+    let (mut s, _) = start(config());
+    for i in 1..=crate::limits::MAX_OPTIONS_PER_HANDSHAKE + 1 {
+        match raw_option(s, OptType::LIST, b"") {
+            Ok(ServerStep::NeedInput(mut next)) => {
+                assert!(!next.take_output().is_empty(), "option {i} was answered");
+                s = next;
+            }
+            Err(f) => {
+                assert_eq!(i, crate::limits::MAX_OPTIONS_PER_HANDSHAKE + 1);
+                assert!(matches!(f.error, ProtocolError::TooManyOptions(_)));
+                return;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    panic!("never refused");
+}
+
+#[test]
 fn a_shutting_down_server_answers_err_shutdown_but_accepts_abort() {
     let (mut s, _) = start(config());
     s.begin_shutdown();

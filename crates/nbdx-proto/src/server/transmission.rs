@@ -14,11 +14,10 @@ use bytes::BufMut;
 
 use super::{ContextKind, MetaContext};
 use crate::codec::option_reply::BlockSize;
-use crate::codec::reply::{encode_chunk, encode_data_header, ChunkPayload, Extent, ReplyMode, SimpleReply};
+use crate::codec::reply::{encode_chunk, encode_data_header, ChunkPayload, ReplyMode, SimpleReply};
 use crate::codec::request::{HeaderMode, RequestHeader};
 use crate::consts::{Cmd, Errno};
 use crate::flags::{CmdFlags, TransmissionFlags};
-use crate::limits::MAX_EXTENTS_PER_CHUNK;
 
 /// Everything request validation needs about the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,97 +288,9 @@ impl TransmissionContext {
             encode_chunk(self.mode, h.cookie, h.offset, &payload, i + 1 == n, buf);
         }
     }
-
-    /// Merges equal neighbours, aligns to the minimum block size, clamps to
-    /// the export end and to 32 bits in compact mode, honours
-    /// `NBD_CMD_FLAG_REQ_ONE`, stops once the requested length is covered
-    /// and returns between one and [`MAX_EXTENTS_PER_CHUNK`] extents.
-    pub fn normalize_extents(&self, offset: u64, length: u64, extents: &[(u64, u32)], req_one: bool) -> Vec<Extent> {
-        let min = u64::from(self.block_size.minimum.max(1));
-        let avail = self.size.saturating_sub(offset);
-        let want = length.clamp(1, avail.max(1));
-        let cap = if self.mode == ReplyMode::Extended { u64::MAX } else { u64::from(u32::MAX) / min * min };
-        // Absolute (relative to `offset`) spans, clipped to the export.
-        let mut spans: Vec<(u64, u64, u64)> = Vec::new();
-        let mut at = 0u64;
-        for &(len, flags) in extents {
-            if at >= avail || at >= want.saturating_add(min) || spans.len() > MAX_EXTENTS_PER_CHUNK {
-                break;
-            }
-            let end = at.saturating_add(len).min(avail);
-            if end > at {
-                spans.push((at, end, u64::from(flags)));
-            }
-            at = end;
-        }
-        let mut out: Vec<Extent> = Vec::new();
-        let (mut pos, mut i) = (0u64, 0usize);
-        while i < spans.len() && pos < want && out.len() < MAX_EXTENTS_PER_CHUNK {
-            let (_, span_end, mut flags) = spans[i];
-            let mut end = span_end;
-            if end % min != 0 && end < avail {
-                // A block straddles two spans: report it once, with the
-                // flags both agree on (a partly allocated block is data).
-                let target = end.div_ceil(min) * min;
-                let mut j = i + 1;
-                while j < spans.len() && spans[j].0 < target {
-                    flags &= spans[j].2;
-                    if spans[j].1 > target {
-                        break;
-                    }
-                    j += 1;
-                }
-                end = target.min(avail);
-            }
-            push_extent(&mut out, end - pos, flags);
-            pos = end;
-            while i < spans.len() && spans[i].1 <= pos {
-                i += 1;
-            }
-            if req_one {
-                break;
-            }
-        }
-        finalize(out, want, cap, req_one)
-    }
 }
 
-fn push_extent(out: &mut Vec<Extent>, length: u64, flags: u64) {
-    if length == 0 {
-        return;
-    }
-    match out.last_mut() {
-        Some(last) if last.flags == flags => last.length += length,
-        _ => out.push(Extent { length, flags }),
-    }
-}
-
-/// Applies the per-reply rules that do not depend on alignment.
-fn finalize(mut out: Vec<Extent>, want: u64, cap: u64, req_one: bool) -> Vec<Extent> {
-    if out.is_empty() {
-        // The device said nothing useful: "a server MAY always safely
-        // report a status of 0 for any block".
-        out.push(Extent { length: want, flags: 0 });
-    }
-    let mut covered = 0u64;
-    let mut keep = 0;
-    for e in out.iter_mut() {
-        if e.length > cap {
-            e.length = cap;
-        }
-        keep += 1;
-        covered = covered.saturating_add(e.length);
-        if covered >= want || e.length == cap || keep == MAX_EXTENTS_PER_CHUNK {
-            break;
-        }
-    }
-    out.truncate(keep);
-    if req_one {
-        out.truncate(1);
-        out[0].length = out[0].length.min(want);
-    }
-    out
-}
+mod extents;
 
 #[cfg(test)]
 mod tests;

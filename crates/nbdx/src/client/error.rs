@@ -59,8 +59,13 @@ pub enum ClientError {
     #[error("server requires TLS (use an nbds:// or nbds+unix:// URI)")]
     TlsRequired,
     /// TLS was required but this client cannot provide it.
-    #[error("TLS not supported yet: {0}")]
+    #[error("TLS not supported: {0}")]
     TlsUnsupported(&'static str),
+    /// TLS was required and could not be set up: credentials unusable, the
+    /// server does not offer TLS, or the TLS handshake failed. The
+    /// connection is never continued in plaintext.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The server refused an option with an error reply.
     #[error("server refused {option}: {reply}{}{message}", if message.is_empty() { "" } else { ": " })]
     Refused {
@@ -120,6 +125,9 @@ impl ClientError {
     pub(crate) fn io(e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             return Self::Disconnected("");
+        }
+        if let Some(tls) = crate::tls::explain_io_error(&e) {
+            return Self::Tls(tls);
         }
         Self::Io(Arc::new(e))
     }

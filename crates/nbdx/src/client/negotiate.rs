@@ -130,6 +130,16 @@ impl Negotiation {
         Self::begin(stream, opts, "", false).await
     }
 
+    /// Negotiates over `stream` (TLS first when `opts` require it) up to
+    /// transmission in the kernel's subset of the protocol.
+    pub(crate) async fn handover(
+        stream: Stream,
+        opts: &ClientOptions,
+        host: &str,
+    ) -> ClientResult<(Stream, Connected)> {
+        Self::begin(stream, opts, host, true).await?.finish().await
+    }
+
     pub(crate) async fn begin(stream: Stream, opts: &ClientOptions, host: &str, handover: bool) -> ClientResult<Self> {
         let mut io = HsIo { stream, timeout: opts.timeout };
         let mut greeting = [0u8; ClientHandshake::GREETING_LEN];
@@ -289,11 +299,16 @@ impl Negotiation {
     }
 }
 
-fn check_tls(opts: &ClientOptions) -> ClientResult<()> {
-    if opts.tls == TlsMode::Require && opts.tls_upgrade.is_none() {
-        return Err(ClientError::TlsUnsupported("this client cannot connect to nbds:// or nbds+unix:// URIs"));
+/// Fails early when TLS is required but cannot be attempted (no
+/// implementation, unreadable credentials).
+pub(crate) fn check_tls(opts: &ClientOptions) -> ClientResult<()> {
+    if opts.tls != TlsMode::Require {
+        return Ok(());
     }
-    Ok(())
+    match &opts.tls_upgrade {
+        None => Err(ClientError::TlsUnsupported("no TLS implementation configured for an nbds:// connection")),
+        Some(upgrade) => upgrade.check().map_err(|e| ClientError::Tls(e.to_string())),
+    }
 }
 
 fn info_request(name: &str) -> InfoRequest {
@@ -323,18 +338,25 @@ async fn start_tls(
 ) -> ClientResult<(HsIo, Negotiating)> {
     let upgrade = opts.tls_upgrade.clone().ok_or(ClientError::TlsUnsupported("no TLS implementation configured"))?;
     if !neg.fixed_newstyle() {
-        return Err(ClientError::Unsupported("TLS (server is not fixed newstyle)".into()));
+        return Err(ClientError::Tls("the server is not fixed newstyle, so it cannot do TLS".into()));
     }
     let pending = match io.option(neg, OptRequest::StartTls).await? {
         OptionProgress::StartTls(p) => p,
-        OptionProgress::Done(_, OptionResult { error: Some(e), .. }) => return Err(refusal(OptType::STARTTLS, "", e)),
+        // No downgrade: "a client which only wishes to use TLS SHOULD
+        // terminate the session if the NBD_OPT_STARTTLS replies with an error".
+        OptionProgress::Done(_, OptionResult { error: Some((rep, msg)), .. }) => {
+            let msg = if msg.is_empty() { String::new() } else { format!(": {msg}") };
+            return Err(ClientError::Tls(format!(
+                "the server does not offer TLS (NBD_OPT_STARTTLS: {rep}{msg}); not continuing in plaintext"
+            )));
+        }
         _ => return Err(ProtocolError::Violation("unexpected answer to NBD_OPT_STARTTLS").into()),
     };
     let name = opts.tls_hostname.as_deref().unwrap_or(host);
     let stream = tokio::time::timeout(io.timeout, upgrade.upgrade(io.stream, name))
         .await
         .map_err(|_| ClientError::Timeout { waiting_for: "the TLS handshake", after: io.timeout })?
-        .map_err(ClientError::io)?;
+        .map_err(|e| ClientError::Tls(format!("handshake failed: {e}")))?;
     Ok((HsIo { stream, timeout: io.timeout }, pending.established()))
 }
 

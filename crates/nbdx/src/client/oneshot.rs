@@ -11,7 +11,7 @@ use super::error::{ClientError, ClientResult};
 use super::info::{ExportEntry, ExportInfo};
 use super::negotiate::Negotiation;
 use super::options::{ClientOptions, TlsMode};
-use super::target::{Socket, Target};
+use super::target::{Socket, Stream, Target};
 
 /// The exports the server advertises (`NBD_OPT_LIST`).
 pub async fn list_exports(target: &Target, opts: &ClientOptions) -> ClientResult<Vec<ExportEntry>> {
@@ -63,9 +63,21 @@ pub struct Handover {
 /// the kernel's protocol subset, and returns the socket untouched since.
 pub async fn connect_for_handover(target: &Target, opts: &ClientOptions) -> ClientResult<Handover> {
     if opts.tls == TlsMode::Require {
-        return Err(ClientError::Unsupported("handing a TLS connection to the kernel".into()));
+        return Err(ClientError::TlsUnsupported(
+            "the kernel speaks no TLS: use nbdx::tls::proxy::connect_for_handover, which relays through a proxy",
+        ));
     }
     let stream = target.connect(opts.timeout).await?;
+    handover_over(stream, opts).await
+}
+
+/// Like [`connect_for_handover`], over a stream that is already open: one
+/// end of a socketpair to an in-process server, say. The stream must be a
+/// plain TCP or Unix socket.
+pub async fn handover_over(stream: Stream, opts: &ClientOptions) -> ClientResult<Handover> {
+    if opts.tls == TlsMode::Require {
+        return Err(ClientError::Unsupported("handing a TLS connection to the kernel".into()));
+    }
     let (stream, export) = Negotiation::begin(stream, opts, "", true).await?.finish().await?;
     Ok(Handover { socket: stream.into_socket()?, export })
 }

@@ -34,11 +34,18 @@ pub enum TlsMode {
 pub type UpgradeFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Stream>> + Send + 'a>>;
 
 /// Turns the plaintext stream into a TLS session after the server
-/// acknowledged `NBD_OPT_STARTTLS`. nbdx has no implementation yet; a
+/// acknowledged `NBD_OPT_STARTTLS`: [`crate::tls::TlsClientConfig`]. A
 /// client with [`TlsMode::Require`] and no upgrade fails before connecting.
 pub trait TlsUpgrade: Send + Sync {
+    /// Checks, before connecting, that the upgrade can be attempted at all
+    /// (credentials readable); the default accepts.
+    fn check(&self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Runs the TLS handshake over `stream`; `server_name` is the name to
-    /// verify the certificate against.
+    /// verify the certificate against (empty when the connection has none,
+    /// as over a Unix socket).
     fn upgrade<'a>(&'a self, stream: Stream, server_name: &'a str) -> UpgradeFuture<'a>;
 }
 
@@ -99,12 +106,30 @@ impl ClientOptions {
         Self::default()
     }
 
-    /// Export name, TLS requirement and TLS host name from a URI.
+    /// Export name and TLS from a URI. `nbds://` and `nbds+unix://`
+    /// require TLS, configured from the `tls-*` parameters
+    /// ([`TlsClientConfig::from_params`](crate::tls::TlsClientConfig::from_params),
+    /// read when connecting) and verified against `tls-hostname`, else the
+    /// URI's host, else `localhost`. `nbd://` and `nbd+unix://` stay
+    /// plaintext: there is no opportunistic upgrade, and `tls-*` parameters
+    /// on them are ignored (with a warning).
     pub fn from_uri(uri: &NbdUri) -> Self {
         let mut o = Self::new().export_name(&uri.export_name);
-        o.tls = if uri.tls { TlsMode::Require } else { TlsMode::Disable };
-        o.tls_hostname = uri.tls_params.hostname.clone();
+        if uri.tls {
+            o.tls = TlsMode::Require;
+            o.tls_hostname = uri.tls_params.hostname.clone();
+            o.tls_upgrade = Some(Arc::new(crate::tls::client::UriTls::new(uri.tls_params.clone(), uri.user.clone())));
+        } else if uri.tls_params != crate::uri::TlsParams::default() {
+            tracing::warn!("tls-* parameters are ignored: {} is plaintext (use nbds:// for TLS)", uri.scheme());
+        }
         o
+    }
+
+    /// The name to verify the server's certificate against, instead of the
+    /// host connected to (`tls-hostname=` in a URI).
+    pub fn tls_hostname(mut self, name: impl Into<String>) -> Self {
+        self.tls_hostname = Some(name.into());
+        self
     }
 
     /// The export to open (default: the empty name, the server's default).

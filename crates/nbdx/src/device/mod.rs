@@ -22,6 +22,8 @@ mod error;
 mod file;
 mod memory;
 mod null;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use blocking::run_blocking;
 pub use error::{DeviceError, DeviceResult};

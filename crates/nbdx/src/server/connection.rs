@@ -37,6 +37,9 @@ enum End {
     Protocol(ProtocolError),
     /// Reading failed (reset, stall timeout).
     Io(std::io::Error),
+    /// The writer gave up (the peer stopped reading replies): its error is
+    /// the connection's.
+    WriterGone,
 }
 
 /// Serves requests until the client disconnects, the connection fails or
@@ -50,7 +53,8 @@ pub(crate) async fn run<S: Stream>(
     export: &Export,
 ) -> Result<(), ConnectionError> {
     let opts = &inner.options;
-    let ctx = negotiated.transmission();
+    let mut ctx = negotiated.transmission();
+    ctx.max_discard_payload = inner.config.limits.max_discard_payload;
     let mode = ctx.header_mode();
     let device = export.device().clone();
     let caps = device.caps();
@@ -77,6 +81,9 @@ pub(crate) async fn run<S: Stream>(
             _ = tokio::time::sleep_until(lame_duck.unwrap_or_else(Instant::now)), if lame_duck.is_some() => {
                 break End::Shutdown;
             }
+            // A client that stopped reading its replies is gone for good,
+            // even if it now sits idle.
+            _ = tx.closed() => break End::WriterGone,
             h = reader.header(RequestHeader::len(mode)) => h,
         };
         let raw = match raw {
@@ -136,8 +143,9 @@ pub(crate) async fn run<S: Stream>(
                 }
             }
             Ok(cmd) => {
-                if let Command::Read { length, .. } = cmd {
-                    permit = Some(budget.acquire(length as usize).await);
+                let need = exec.reply_budget(&header, &cmd);
+                if need > 0 {
+                    permit = Some(budget.acquire(need).await);
                 }
                 if caps.immediate {
                     // In-memory devices: no task hand-off per request.
@@ -171,7 +179,7 @@ pub(crate) async fn run<S: Stream>(
     drop(tx);
     let written = writer.await.map_err(|e| ConnectionError::Io(std::io::Error::other(e)))?;
     match end {
-        End::Disconnect | End::Eof | End::Shutdown => written.map_err(ConnectionError::Io),
+        End::Disconnect | End::Eof | End::Shutdown | End::WriterGone => written.map_err(ConnectionError::Io),
         End::Protocol(e) => Err(ConnectionError::Protocol(e)),
         End::Io(e) => Err(ConnectionError::Io(e)),
     }

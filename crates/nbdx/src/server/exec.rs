@@ -26,6 +26,20 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
+    /// Bytes of memory `cmd` will hold for its reply beyond the fixed-size
+    /// header (read data, block status extents, an emulated cache's scratch
+    /// buffer): reserved from the budget before the command starts.
+    pub(crate) fn reply_budget(&self, header: &RequestHeader, cmd: &Command) -> usize {
+        match *cmd {
+            Command::Read { length, .. } => length as usize,
+            Command::BlockStatus { .. } => self.ctx.block_status_reply_bound(header),
+            Command::Cache { length, .. } if self.caps.cache != Support::Native => {
+                EMULATION_CHUNK.min(length.max(1) as usize)
+            }
+            _ => 0,
+        }
+    }
+
     /// Runs `cmd` (with its write payload, if any) and returns the reply.
     pub(crate) async fn run(&self, header: RequestHeader, cmd: Command, payload: Option<Buf>) -> Reply {
         let mut out = BytesMut::with_capacity(64);
@@ -60,6 +74,14 @@ impl Executor {
                 dev.read(offset, &mut buf).await?;
                 self.ctx.encode_read_header(h, u64::from(length), out);
                 return Ok(Some(buf));
+            }
+            // "the behavior of a server on such a request is unspecified
+            // although the server SHOULD NOT disconnect": nothing to write,
+            // but FUA still means what was written before is persisted.
+            Command::Write { length: 0, fua, .. } => {
+                if fua && self.caps.flush {
+                    dev.flush().await?;
+                }
             }
             Command::Write { offset, fua, .. } => {
                 let data = payload.ok_or_else(|| DeviceError::io("write payload missing"))?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::time::{timeout_at, Instant};
 
 /// A byte stream a connection runs over: TCP, Unix, TLS, a pipe pair, an
 /// in-memory duplex.
@@ -66,9 +67,14 @@ impl<S: Stream> AsyncWrite for MaybeTls<S> {
 }
 
 /// Reads fixed-size headers through a buffer, and payloads directly into
-/// their destination once the buffered bytes are used up. Once a message
-/// has started, every read must make progress within `stall`: a peer that
-/// stops mid-message cannot pin a worker or a buffer forever.
+/// their destination once the buffered bytes are used up.
+///
+/// Between messages the reader waits without limit. Once a message has
+/// started, every read must make progress within `stall`, and the whole
+/// message must arrive within `stall` plus its length at
+/// [`MIN_PAYLOAD_RATE`]: a peer that stops, or dribbles a header or a
+/// payload byte by byte (slowloris), cannot pin a worker, a buffer or the
+/// memory budget for longer than that.
 pub(crate) struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
@@ -77,6 +83,11 @@ pub(crate) struct FrameReader<R> {
 
 /// Reads at least this much at a time into the buffer.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Slowest average rate (bytes per second) at which a message that has
+/// started must keep arriving: 64 KiB/s, so a 32 MiB write may take the
+/// stall timeout plus 512 s.
+pub(crate) const MIN_PAYLOAD_RATE: u64 = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(inner: R, leftover: BytesMut, stall: Duration) -> Self {
@@ -90,26 +101,39 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.buf.len()
     }
 
+    /// When a message of `len` bytes that starts now must be complete.
+    fn deadline(&self, len: u64) -> Instant {
+        Instant::now() + self.stall + Duration::from_secs(len / MIN_PAYLOAD_RATE)
+    }
+
+    /// The time limit for one read of a message due by `deadline`.
+    fn read_limit(&self, deadline: Instant) -> Instant {
+        deadline.min(Instant::now() + self.stall)
+    }
+
     /// Reads into the buffer; `Ok(0)` at end of stream. Waits without limit
-    /// when `idle` (between messages), else at most the stall timeout.
-    async fn fill(&mut self, idle: bool) -> io::Result<usize> {
+    /// between messages (`deadline` is `None`), else within the limits.
+    async fn fill(&mut self, deadline: Option<Instant>) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < 512 {
             self.buf.reserve(READ_CHUNK);
         }
+        let limit = deadline.map(|d| self.read_limit(d));
         let read = self.inner.read_buf(&mut self.buf);
-        if idle {
-            read.await
-        } else {
-            tokio::time::timeout(self.stall, read).await.map_err(|_| stalled())?
+        match limit {
+            None => read.await,
+            Some(at) => timeout_at(at, read).await.map_err(|_| stalled())?,
         }
     }
 
     /// The next `n` bytes as a header, or `None` on a clean end of stream
-    /// between messages.
+    /// between messages. The header's clock starts with its first byte.
     pub(crate) async fn header(&mut self, n: usize) -> io::Result<Option<BytesMut>> {
+        let mut deadline = None;
         while self.buf.len() < n {
-            let idle = self.buf.is_empty();
-            if self.fill(idle).await? == 0 {
+            if !self.buf.is_empty() && deadline.is_none() {
+                deadline = Some(self.deadline(n as u64));
+            }
+            if self.fill(deadline).await? == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
             }
         }
@@ -119,13 +143,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Fills `dst` completely: buffered bytes first, then straight from the
     /// stream.
     pub(crate) async fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
+        let deadline = self.deadline(dst.len() as u64);
         let have = self.buf.len().min(dst.len());
         dst[..have].copy_from_slice(&self.buf[..have]);
         self.buf.advance(have);
         let mut at = have;
         while at < dst.len() {
+            let limit = self.read_limit(deadline);
             let read = self.inner.read(&mut dst[at..]);
-            let n = tokio::time::timeout(self.stall, read).await.map_err(|_| stalled())??;
+            let n = timeout_at(limit, read).await.map_err(|_| stalled())??;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -136,6 +162,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads and drops `n` bytes without holding them.
     pub(crate) async fn discard(&mut self, mut n: u64) -> io::Result<()> {
+        let deadline = self.deadline(n);
         loop {
             let have = (self.buf.len() as u64).min(n);
             self.buf.advance(have as usize);
@@ -143,7 +170,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if n == 0 {
                 return Ok(());
             }
-            if self.fill(false).await? == 0 {
+            if self.fill(Some(deadline)).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -151,7 +178,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 fn stalled() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "peer stalled in the middle of a message")
+    io::Error::new(io::ErrorKind::TimedOut, "peer stalled, or sent too slowly, in the middle of a message")
 }
 
 #[cfg(test)]
@@ -207,5 +234,69 @@ mod tests {
         let mut r = FrameReader::new(b, BytesMut::new(), Duration::from_secs(5));
         r.discard(5000).await.unwrap();
         assert_eq!(&r.header(4).await.unwrap().unwrap()[..], b"TAIL");
+    }
+
+    /// Writes `chunk` bytes every `every` until `total` bytes are written
+    /// or the reader goes away.
+    fn dribble(mut a: tokio::io::DuplexStream, chunk: usize, every: Duration, total: usize) {
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < total {
+                if a.write_all(&vec![0x55; chunk]).await.is_err() {
+                    return;
+                }
+                sent += chunk;
+                tokio::time::sleep(every).await;
+            }
+            // Keep the stream open: only the reader's clock may end this.
+            std::future::pending::<()>().await;
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_header_dribbled_one_byte_per_second_times_out_at_the_stall_limit() {
+        let (a, b) = tokio::io::duplex(64);
+        dribble(a, 1, Duration::from_secs(1), 28);
+        let mut r = FrameReader::new(b, BytesMut::new(), Duration::from_secs(10));
+        let start = Instant::now();
+        let e = r.header(28).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let waited = start.elapsed();
+        assert!(waited <= Duration::from_secs(11), "gave up after {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_payload_below_the_minimum_rate_times_out_though_it_makes_progress() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        // 4 KiB every 5 s: progress within the 10 s stall limit, but at
+        // 819 bytes/s the 1 MiB payload would take 21 minutes.
+        dribble(a, 4096, Duration::from_secs(5), 1 << 20);
+        let mut r = FrameReader::new(b, BytesMut::new(), Duration::from_secs(10));
+        let start = Instant::now();
+        let mut dst = vec![0u8; 1 << 20];
+        let e = r.read_exact(&mut dst).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let limit = Duration::from_secs(10 + (1 << 20) / MIN_PAYLOAD_RATE);
+        assert!(start.elapsed() <= limit + Duration::from_secs(1), "gave up after {:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_payload_above_the_minimum_rate_arrives_whole() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        // 96 KiB/s for 2 MiB: 22 s, longer than the stall limit.
+        dribble(a, 96 << 10, Duration::from_secs(1), 2 << 20);
+        let mut r = FrameReader::new(b, BytesMut::new(), Duration::from_secs(10));
+        let mut dst = vec![0u8; 2 << 20];
+        r.read_exact(&mut dst).await.unwrap();
+        assert!(dst.iter().all(|b| *b == 0x55));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_discarded_payload_obeys_the_same_limits() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        dribble(a, 1, Duration::from_secs(1), 1 << 20);
+        let mut r = FrameReader::new(b, BytesMut::new(), Duration::from_secs(10));
+        let e = r.discard(1 << 20).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -2,9 +2,11 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Server;
@@ -75,11 +77,46 @@ impl Listener {
     }
 }
 
+/// Warnings a peer can trigger at will are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Rate limit for a warning that peers can provoke (refused connections,
+/// failed accepts): a flood of connections must not become a flood of log
+/// lines. Events in between are counted and the count goes with the next
+/// warning.
+#[derive(Debug)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    const fn new() -> Self {
+        Self { last: None, suppressed: 0 }
+    }
+
+    /// Whether to log an event happening at `now`; if so, how many earlier
+    /// events went unlogged.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(at) if now.saturating_duration_since(at) < WARN_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// Accepts until shutdown; then waits for connections (bounded by the
 /// grace period).
 pub(super) async fn serve(server: Server, listener: Listener) -> io::Result<()> {
     let inner = &server.inner;
     let slots = Arc::new(Semaphore::new(inner.options.max_connections.max(1)));
+    let (mut refusals, mut failures) = (Throttle::new(), Throttle::new());
     let mut accepted_count: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -89,16 +126,24 @@ pub(super) async fn serve(server: Server, listener: Listener) -> io::Result<()> 
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) if is_transient(&e) => {
-                tracing::warn!(error = %e, "accept failed");
+                match failures.admit(Instant::now()) {
+                    Some(suppressed) => tracing::warn!(error = %e, suppressed, "accept failed"),
+                    None => tracing::debug!(error = %e, "accept failed"),
+                }
                 // Out of file descriptors and the like: back off a little
                 // instead of spinning.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
             Err(e) => return Err(e),
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing new connection");
+            match refusals.admit(Instant::now()) {
+                Some(suppressed) => {
+                    tracing::warn!(%peer, suppressed, "connection limit reached; closing new connections")
+                }
+                None => tracing::debug!(%peer, "connection limit reached; closing new connection"),
+            }
             drop(stream);
             continue;
         };
@@ -151,4 +196,22 @@ fn is_transient(e: &io::Error) -> bool {
             e.kind(),
             io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_refusals_gives_one_warning_then_one_per_period_with_the_count() {
+        let mut t = Throttle::new();
+        let start = Instant::now();
+        assert_eq!(t.admit(start), Some(0), "the first is logged");
+        for i in 1..300u64 {
+            assert_eq!(t.admit(start + Duration::from_millis(i)), None, "event {i} of the burst");
+        }
+        assert_eq!(t.admit(start + WARN_EVERY), Some(299), "the next period reports what was left out");
+        assert_eq!(t.admit(start + WARN_EVERY + Duration::from_secs(1)), None);
+        assert_eq!(t.admit(start + WARN_EVERY * 3), Some(1));
+    }
 }

@@ -139,6 +139,12 @@ impl Server {
         self.inner.shutdown.clone()
     }
 
+    /// Bytes of request buffers reserved across all connections.
+    #[cfg(test)]
+    pub(crate) fn budget_in_use(&self) -> usize {
+        self.inner.global_budget.in_use()
+    }
+
     /// Starts the lame-duck shutdown.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();

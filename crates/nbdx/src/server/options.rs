@@ -13,24 +13,38 @@ use super::pool::{BufferPool, GlobalBudget};
 use super::{Inner, Server, ServerError, TlsAccept};
 use crate::Export;
 
-/// Tunables of a server. `ServerOptions::default()` is what `nbdx serve` uses.
+/// Tunables of a server. `ServerOptions::default()` is what `nbdx serve`
+/// uses; the flag named with a field overrides it there. Every limit exists
+/// so that no peer can make the server crash, stall or balloon (see
+/// `docs/security.md`); the handshake's own limits are in [`Limits`].
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Requests one connection may have in flight (64).
+    /// Requests one connection may have in flight (64, `--max-in-flight`).
+    /// Beyond it the server stops reading that connection until replies
+    /// are sent (`proto.md` "Transmission": replies may come in any order,
+    /// so the client must cope with a bounded window).
     pub max_in_flight: usize,
-    /// Bytes of request buffers one connection may hold (64 MiB; always
-    /// enough for one request of the maximum payload).
+    /// Bytes of request buffers one connection may hold: write payloads,
+    /// read data, block status replies (64 MiB; always at least one request
+    /// of the maximum payload, 2^25 from "Size constraints").
     pub connection_budget: usize,
     /// Bytes of request buffers all connections together may hold (512 MiB).
     pub global_budget: usize,
-    /// Time allowed for the whole handshake (10 s).
+    /// Time allowed for the whole handshake, TLS included (10 s,
+    /// `--handshake-timeout`); a silent or slow client is dropped
+    /// ("Termination of the session during option haggling": the server
+    /// MAY disconnect a client that does not get the hint).
     pub handshake_timeout: Duration,
     /// Time a peer may stall in the middle of a message, or in reading its
-    /// replies, before the connection is dropped (30 s).
+    /// replies, before the connection is dropped (30 s, `--stall-timeout`).
+    /// A message that has started must also keep arriving at 64 KiB/s on
+    /// average, so dribbling it (slowloris) ends the same way.
     pub stall_timeout: Duration,
-    /// Connections served at once; further clients are closed at once (1024).
+    /// Connections served at once; further clients are closed at once
+    /// without a greeting (1024, `--max-connections`).
     pub max_connections: usize,
-    /// After shutdown, how long connections get to finish (5 s).
+    /// After shutdown, how long connections get to finish their requests
+    /// in flight before the server stops waiting (5 s, `--shutdown-grace`).
     pub grace_period: Duration,
     /// Whether `NBD_OPT_LIST` is answered.
     pub allow_list: bool,

@@ -117,6 +117,12 @@ impl GlobalBudget {
         let total = units(bytes).max(1);
         Self { sem: Arc::new(Semaphore::new(total as usize)), total }
     }
+
+    /// Bytes currently reserved, in whole 4 KiB units.
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
+        (self.total as usize - self.sem.available_permits()) * 4096
+    }
 }
 
 /// Bytes one connection may hold in request buffers, drawing on the

@@ -56,7 +56,9 @@ impl Reply {
 }
 
 /// Writes replies until the channel closes (all senders gone) or the peer
-/// stops reading for longer than `stall`.
+/// stops reading for longer than `stall`. The limit applies to each write
+/// making progress, not to a whole batch: a slow reader of a large reply is
+/// served, one that stops reading is dropped.
 pub(crate) async fn run<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::Receiver<Reply>,
@@ -75,19 +77,17 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        tokio::time::timeout(stall, write_batch(&mut w, &batch))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading replies"))??;
+        write_batch(&mut w, &batch, stall).await?;
         // Dropping the replies returns buffers and budget.
         batch.clear();
     }
-    w.flush().await?;
+    tokio::time::timeout(stall, w.flush()).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     // Ends TLS with close_notify, then the stream ("the server MUST close
     // down the TLS session (if one is running), and close the TCP session").
-    w.shutdown().await
+    tokio::time::timeout(stall, w.shutdown()).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
-async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Reply]) -> io::Result<()> {
+async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Reply], stall: Duration) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
     for r in batch {
         slices.push(IoSlice::new(&r.header));
@@ -99,13 +99,16 @@ async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[Reply]) -> io::R
     }
     let mut rest: &mut [IoSlice<'_>] = &mut slices;
     while !rest.is_empty() {
-        let n = w.write_vectored(rest).await?;
+        let n = tokio::time::timeout(stall, w.write_vectored(rest))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading replies"))??;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         IoSlice::advance_slices(&mut rest, n);
     }
-    Ok(())
+    // A socket has nothing to flush; TLS may hold records back until asked.
+    w.flush().await
 }
 
 #[cfg(test)]
@@ -138,5 +141,31 @@ mod tests {
         tx.send(Reply::header(BytesMut::from(&[0u8; 64][..]))).await.unwrap();
         let e = run(a, rx, Duration::from_secs(10)).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_of_a_large_reply_is_served_while_it_makes_progress() {
+        let (a, mut b) = tokio::io::duplex(64 << 10);
+        let (tx, rx) = mpsc::channel(8);
+        let writer = tokio::spawn(run(a, rx, Duration::from_secs(10)));
+        let pool = super::super::pool::BufferPool::new();
+        let mut data = pool.get(4 << 20);
+        data.fill(7);
+        tx.send(Reply::with_data(BytesMut::from(&b"head"[..]), data)).await.unwrap();
+        drop(tx);
+        // 64 KiB every 5 s: 4 MiB take 320 s, far beyond the stall limit,
+        // but every write makes progress within it.
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            let n = b.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        assert_eq!(got.len(), 4 + (4 << 20));
+        writer.await.unwrap().unwrap();
     }
 }

@@ -100,7 +100,7 @@ fn malformed_sources_are_refused_with_a_one_line_message() {
         ("null:-1", "null:-1: size `-1` is negative"),
         ("memory:1Q", "memory:1Q: invalid size `1Q`: unknown unit `Q` (expected B, K, M, G, T or P, optionally followed by B or iB)"),
         ("file:", "file:: missing path after `file:`"),
-        ("s3://bucket/key", "s3://bucket/key: unknown source type `s3://` (expected memory:SIZE, null:SIZE, file:PATH or PATH)"),
+        ("gs://bucket/key", "gs://bucket/key: unknown source type `gs://` (expected memory:SIZE, null:SIZE, file:PATH or PATH)"),
         ("nbd+unix://x", "nbd+unix://x: unknown source type `nbd+unix://` (expected memory:SIZE, null:SIZE, file:PATH or PATH)"),
     ];
     for (text, message) in table {

@@ -186,53 +186,6 @@ fn extended_effect_lengths_above_32_bits_are_checked_against_the_size() {
     assert_eq!(verdict(&c, Cmd::TRIM, CmdFlags::empty(), 0, (1 << 40) + 1), Err(Errno::EINVAL));
 }
 
-fn extents(c: &TransmissionContext, offset: u64, length: u64, e: &[(u64, u32)], one: bool) -> Vec<(u64, u64)> {
-    c.normalize_extents(offset, length, e, one).iter().map(|x| (x.length, x.flags)).collect()
-}
-
-#[test]
-fn extents_merge_equal_neighbours_and_stop_once_the_request_is_covered() {
-    let c = ctx();
-    assert_eq!(extents(&c, 0, 8192, &[(4096, 3), (4096, 3), (4096, 0)], false), vec![(8192, 3)]);
-    assert_eq!(extents(&c, 0, 4097, &[(4096, 3), (4096, 0), (4096, 3)], false), vec![(4096, 3), (4096, 0)]);
-}
-
-#[test]
-fn extents_with_req_one_give_one_extent_no_longer_than_the_request() {
-    let c = ctx();
-    assert_eq!(extents(&c, 0, 100, &[(4096, 3)], true), vec![(100, 3)]);
-}
-
-#[test]
-fn extents_are_clipped_to_the_export_end() {
-    let c = ctx();
-    assert_eq!(extents(&c, (1 << 20) - 512, 512, &[(1 << 30, 0)], false), vec![(512, 0)]);
-}
-
-#[test]
-fn no_extents_from_the_device_means_one_allocated_extent() {
-    let c = ctx();
-    assert_eq!(extents(&c, 0, 4096, &[], false), vec![(4096, 0)]);
-}
-
-#[test]
-fn compact_extents_are_capped_at_32_bits() {
-    let mut c = ctx();
-    c.size = 1 << 40;
-    assert_eq!(extents(&c, 0, 1 << 31, &[(1 << 35, 3)], false), vec![(u64::from(u32::MAX), 3)]);
-    c.mode = ReplyMode::Extended;
-    assert_eq!(extents(&c, 0, 1 << 31, &[(1 << 35, 3)], false), vec![(1 << 35, 3)]);
-}
-
-#[test]
-fn extents_are_aligned_to_the_minimum_block_and_a_split_block_counts_as_data() {
-    let mut c = ctx();
-    c.block_size.minimum = 512;
-    let e = extents(&c, 0, 4096, &[(100, 3), (412, 0), (3584, 3)], false);
-    assert_eq!(e, vec![(512, 0), (3584, 3)]);
-    assert!(e.iter().all(|(l, _)| l % 512 == 0));
-}
-
 #[test]
 fn block_status_reply_has_one_chunk_per_context_and_the_last_is_done() {
     let mut c = ctx();

@@ -57,6 +57,11 @@ impl Chunk {
             .len(CHUNK)
             .map_anon()
             .map_err(|e| DeviceError::new(nbdx_proto::Errno::ENOMEM, format!("RAM disk chunk: {e}")))?;
+        // With transparent huge pages set to "always", the first touch of a
+        // 2 MiB-aligned chunk would commit and zero a whole huge page: a
+        // scattered 4 KiB write would cost 2 MiB of RAM and of zeroing.
+        // Keep 4 KiB granularity; bulk writes populate ranges explicitly.
+        let _ = map.advise(Advice::NoHugePage);
         Ok(Self { map: RwLock::new(map), present: AtomicU32::new(0) })
     }
 

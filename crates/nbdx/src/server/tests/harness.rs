@@ -23,6 +23,7 @@ pub(crate) struct TestDisk {
     pub data: Mutex<Vec<u8>>,
     pub caps: Caps,
     pub flushes: AtomicUsize,
+    pub reads: AtomicUsize,
     pub gate: Mutex<Option<(u64, Arc<Notify>)>>,
 }
 
@@ -45,7 +46,13 @@ impl TestDisk {
     }
 
     pub fn with_caps(size: usize, caps: Caps) -> Arc<Self> {
-        Arc::new(Self { data: Mutex::new(vec![0; size]), caps, flushes: AtomicUsize::new(0), gate: Mutex::new(None) })
+        Arc::new(Self {
+            data: Mutex::new(vec![0; size]),
+            caps,
+            flushes: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+            gate: Mutex::new(None),
+        })
     }
 
     /// Makes reads and writes at `offset` wait until the returned notify fires.
@@ -74,6 +81,7 @@ impl Device for TestDisk {
         self.caps
     }
     async fn read(&self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         self.wait_gate(offset).await;
         let d = self.data.lock().unwrap();
         buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
@@ -139,6 +147,11 @@ pub(crate) fn pipe(
 
 pub(crate) fn server_for(device: Arc<TestDisk>) -> Server {
     Server::new(vec![Export::from_arc("", device)]).unwrap()
+}
+
+/// A server for `device` with `options`.
+pub(crate) fn server_with(device: Arc<dyn Device>, options: crate::server::ServerOptions) -> Server {
+    Server::builder().export(Export::from_arc("", device)).options(options).build().unwrap()
 }
 
 /// Negotiation options of [`Raw::connect`].

@@ -114,3 +114,62 @@ async fn exports_with_duplicate_names_are_refused() {
     let r = Server::new(vec![Export::from_arc("a", d.clone()), Export::from_arc("a", d)]);
     assert!(matches!(r, Err(crate::server::ServerError::DuplicateName(_))));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_dribbling_its_handshake_is_dropped_at_the_handshake_time_limit() {
+    let (mut s, task) = pipe(&server_for(TestDisk::new(4096)));
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let dribble = tokio::spawn(async move {
+        // Client flags, then an option one byte per second: always progress.
+        for b in b"\0\0\0\x03IHAVEOPT\0\0\0\x03\0\0\0\0".iter().cycle() {
+            if s.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let r = task.await.unwrap();
+    assert!(matches!(r, Err(ConnectionError::HandshakeTimeout)), "{r:?}");
+    assert!(start.elapsed() <= ServerOptions::default().handshake_timeout + Duration::from_secs(1));
+    dribble.await.unwrap();
+}
+
+#[tokio::test]
+async fn serve_returns_within_the_grace_period_though_a_request_never_completes() {
+    let disk = TestDisk::new(1 << 20);
+    let _gate = disk.gate(0);
+    let opts = ServerOptions { grace_period: Duration::from_millis(500), ..ServerOptions::default() };
+    let server = server_with(disk, opts);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nbd.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let serving = tokio::spawn({
+        let server = server.clone();
+        async move { server.serve(listener).await }
+    });
+    let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).await.unwrap();
+    // NBD_OPT_EXPORT_NAME "" with NO_ZEROES, then a read that never completes.
+    s.write_all(b"\0\0\0\x03IHAVEOPT\0\0\0\x01\0\0\0\0").await.unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await.unwrap();
+    let mut req = Vec::new();
+    nbdx_proto::RequestHeader { flags: CmdFlags::empty(), cmd: Cmd::READ, cookie: 1, offset: 0, length: 512 }
+        .encode(nbdx_proto::HeaderMode::Compact, &mut req);
+    s.write_all(&req).await.unwrap();
+    let started = async {
+        while server.budget_in_use() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), started).await.expect("the read never started");
+    let start = std::time::Instant::now();
+    server.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), serving).await.expect("serve did not return").unwrap().unwrap();
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(400), "returned before the grace period: {took:?}");
+    assert!(took < Duration::from_secs(3), "returned {took:?} after shutdown");
+}

@@ -2,8 +2,10 @@
 //! the nbdx-proto client machine, so that requests can be sent exactly as
 //! a test needs (including wrongly).
 
+mod errors;
 mod harness;
 mod lifecycle;
+mod limits;
 mod transmission;
 
 pub(crate) use harness::*;

@@ -38,6 +38,7 @@ TOOLS = ["nbdinfo", "nbdcopy", "qemu-img", "qemu-io"]
 CASE_MODULES = [
     "cases_cli", "cases_info", "cases_libnbd", "cases_model", "cases_robust", "cases_tools", "cases_ops", "cases_layers",
     "cases_tls",
+    "cases_client_info", "cases_client_copy",
 ]
 
 

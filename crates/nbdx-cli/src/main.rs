@@ -3,11 +3,14 @@
 //! binary only parses arguments, wires the library up and reports errors.
 
 mod attach;
+mod copy;
 mod detach;
 mod generate;
+mod info;
 mod layers;
 mod limits;
 mod loopdev;
+mod map;
 mod monitor;
 mod serve;
 mod status;
@@ -41,6 +44,12 @@ enum Command {
     Status(status::StatusArgs),
     /// Serve SOURCE in-process as /dev/nbdN (foreground, or around --run CMD).
     Loop(loopdev::LoopArgs),
+    /// Show what a server says about an export (like nbdinfo).
+    Info(info::InfoArgs),
+    /// Print the allocation map of an export (like nbdinfo --map).
+    Map(map::MapArgs),
+    /// Copy between NBD exports, files, block devices and pipes (like nbdcopy).
+    Copy(copy::CopyArgs),
     /// Print a shell completion script (bash, elvish, fish, powershell, zsh).
     Completions(generate::CompletionsArgs),
     /// Print the manual page (roff), or write all of them with --out-dir.
@@ -59,6 +68,9 @@ fn main() -> ExitCode {
         Command::Detach(args) => detach::run(args),
         Command::Status(args) => status::run(args),
         Command::Loop(args) => loopdev::run(args),
+        Command::Info(args) => info::run(args),
+        Command::Map(args) => map::run(args),
+        Command::Copy(args) => copy::run(args),
         Command::Completions(args) => generate::completions(Cli::command(), args).map(|()| ExitCode::SUCCESS),
         Command::Manpage(args) => generate::manpage(Cli::command(), args).map(|()| ExitCode::SUCCESS),
     };

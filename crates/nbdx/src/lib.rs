@@ -79,6 +79,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod copy;
 pub mod device;
 mod export;
 pub mod layer;

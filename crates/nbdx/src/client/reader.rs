@@ -20,8 +20,11 @@ use super::conn::{InFlight, Shared};
 use super::error::{ClientError, ClientResult};
 use super::target::ReadHalf;
 
-/// Read-ahead for headers and small payloads.
-const READ_AHEAD: usize = 64 * 1024;
+/// Read-ahead for headers and small payloads. Small on purpose: the bytes
+/// of a data payload that arrive with a header are copied out of this
+/// buffer, the rest go straight into the request's buffer; 16 KiB still
+/// holds hundreds of write replies per read.
+const READ_AHEAD: usize = 16 * 1024;
 
 /// Buffered reads that can also land in a caller's buffer directly.
 struct FrameReader {
@@ -111,7 +114,13 @@ async fn read_loop(shared: &Shared, r: &mut FrameReader, mode: ReplyMode) -> Cli
             ReplyHeader::Chunk(h) => chunk(r, &mut f, &h).await,
         };
         match step {
-            Ok(Some(result)) => shared.complete(f, result),
+            Ok(Some(result)) => {
+                let data = f.reply.cmd == Cmd::READ;
+                shared.complete(f, result);
+                if data {
+                    tokio::task::yield_now().await;
+                }
+            }
             Ok(None) => shared.put_back(cookie, f),
             Err(e) => {
                 shared.complete(f, Err(e.clone()));
